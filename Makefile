@@ -1,0 +1,63 @@
+# fanflow developer commands. CI (.ci/run) calls these same targets.
+#   make install   create .venv (with $(PYTHON)) and install fanflow editable with dev tools
+#   make test      run the test suite (installs first when .venv is missing or stale)
+#   make lint      ruff check + ruff format --check; mypy on the library
+#   make format    ruff format + ruff check --fix
+#   make oracle    build the venv of Dify's engine for the differential tests
+#   make services-check   are PostgreSQL, RabbitMQ and Redis reachable? how to start them
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# the steering kit (Dify oracle and fixtures) beside the checkout, not the library in shared/
+KIT ?= $(abspath ../shared)
+ORACLE_VENV ?= $(CURDIR)/.cache/graphon-venv
+# pytest-xdist workers: one per CPU, at most 4; TEST_JOBS=0 runs in one process
+TEST_JOBS ?= auto
+PYTEST_ARGS ?=
+LINT_PATHS := $(wildcard shared services tests)
+
+.PHONY: help install test lint format oracle services-check
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+define install_venv
+@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	|| { echo "error: fanflow needs Python >= 3.11; $(PYTHON) is $$($(PYTHON) --version 2>&1). Use: make install PYTHON=python3.11" >&2; exit 1; }
+@test -x $(BIN)/python || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
+$(BIN)/python -m pip install --disable-pip-version-check --quiet -e '.[dev]'
+@touch $(STAMP)
+endef
+
+install:
+	$(install_venv)
+
+$(STAMP): pyproject.toml
+	$(install_venv)
+
+test: $(STAMP)
+	@rc=0; $(BIN)/pytest -n $(TEST_JOBS) --maxprocesses=4 --durations=10 $(PYTEST_ARGS) tests || rc=$$?; \
+	case $$rc in \
+	  0) echo "make test: PASSED" ;; \
+	  5) echo "make test: FAILED: pytest collected no tests (exit 5)" ;; \
+	  *) echo "make test: FAILED: pytest exit $$rc (1 = tests failed, 2 = interrupted, 3 = internal error, 4 = usage error)" ;; \
+	esac; \
+	exit $$(( rc == 0 ? 0 : 1 ))
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy shared/fanflow
+
+format: $(STAMP)
+	$(BIN)/ruff format $(LINT_PATHS)
+	$(BIN)/ruff check --fix $(LINT_PATHS)
+
+oracle:
+	FANFLOW_KIT=$(KIT) bash .ci/oracle-venv $(ORACLE_VENV)
+
+services-check:
+	@bash .ci/services check

@@ -1,0 +1,154 @@
+"""The `fanflow` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fanflow.errors import InputsInvalid, WorkflowInvalid
+
+app = typer.Typer(
+    help="Run Dify workflows: in one process (run) or across RabbitMQ workers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_err = Console(stderr=True)
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+#: iterations at least this long get a progress bar on stderr
+PROGRESS_MIN_ITEMS = 20
+
+
+def _parse_inputs(pairs: list[str], inputs_file: Path | None) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    if inputs_file is not None:
+        try:
+            loaded = json.loads(inputs_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputsInvalid(f"--inputs-file {inputs_file}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise InputsInvalid(f"--inputs-file {inputs_file}: expected a JSON object")
+        inputs.update(loaded)
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise InputsInvalid(f"-i {pair!r}: expected NAME=VALUE")
+        inputs[name] = value
+    return inputs
+
+
+class _IterationProgress:
+    """A rich progress bar per long iteration, on stderr, only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._bars: dict[str, Any] = {}
+
+    def __call__(self, emit: Any) -> None:
+        if not _err.is_terminal:
+            return
+        data = emit.data
+        key = f"{data.get('scope')}|{data.get('node_id')}"
+        if emit.event == "iteration_started" and data.get("count", 0) >= PROGRESS_MIN_ITEMS:
+            if self._progress is None:
+                self._progress = Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=_err,
+                    transient=True,
+                )
+                self._progress.start()
+            self._bars[key] = self._progress.add_task(data.get("title") or key, total=data["count"])
+        elif emit.event == "iteration_next" and key in self._bars and self._progress:
+            self._progress.update(self._bars[key], completed=data.get("index", 0))
+        elif emit.event == "iteration_completed" and key in self._bars and self._progress:
+            self._progress.remove_task(self._bars.pop(key))
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+@app.command()
+def run(
+    workflow: Annotated[Path, typer.Argument(help="A Dify workflow export (YAML).")],
+    inputs: Annotated[
+        list[str] | None, typer.Option("-i", "--input", help="An input as NAME=VALUE.")
+    ] = None,
+    inputs_file: Annotated[
+        Path | None, typer.Option("--inputs-file", help="Inputs as a JSON object.")
+    ] = None,
+    query: Annotated[
+        str | None, typer.Option("--query", "-q", help="sys.query for chatflow files.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the run as Dify's blocking API `data`.")
+    ] = False,
+    max_steps: Annotated[int, typer.Option(help="Stop the run after this many node runs.")] = 10_000,
+    max_run_seconds: Annotated[float, typer.Option(help="Stop the run after this long.")] = 1200.0,
+) -> None:
+    """Run a workflow in this process and print its outputs as JSON."""
+    from fanflow.dsl import load_workflow
+    from fanflow.runner import EmbeddedRunner
+    from fanflow.runtime import RunRequest
+    from fanflow.scheduler import Limits
+
+    try:
+        loaded = load_workflow(workflow)
+        request = RunRequest(inputs=_parse_inputs(inputs or [], inputs_file), query=query)
+        progress = _IterationProgress()
+        runner = EmbeddedRunner(
+            limits=Limits(max_steps=max_steps, max_run_seconds=max_run_seconds),
+            on_event=progress,
+        )
+        try:
+            result = runner.run(loaded, request)
+        finally:
+            progress.close()
+    except (WorkflowInvalid, InputsInvalid) as exc:
+        _err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    payload = result.as_dict() if as_json else result.outputs
+    sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+    if result.status not in ("succeeded", "partial-succeeded"):
+        _err.print(f"run {result.status}: {result.error}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Workflow files to check.")],
+) -> None:
+    """Check workflow files; list every problem. Exit 0 when all are valid, else 2."""
+    from fanflow.dsl import load_workflow
+
+    bad = 0
+    for path in files:
+        try:
+            load_workflow(path)
+        except WorkflowInvalid as exc:
+            bad += 1
+            _err.print(f"{path}: invalid", highlight=False, markup=False)
+            for problem in exc.problems:
+                _err.print(f"  - {problem}", highlight=False, markup=False)
+            continue
+        typer.echo(f"{path}: ok")
+    if bad:
+        raise typer.Exit(EXIT_INVALID)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

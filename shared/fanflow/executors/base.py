@@ -1,0 +1,128 @@
+"""The executor registry: which coroutine runs which task node type, and the one entry point.
+
+An executor takes a `NodeTask` and an `ExecutionContext`, returns an `ExecutionOutcome` and
+raises `NodeError` when the node fails. `execute_task` turns both into a `TaskResult`, so the
+worker shells never see an exception for a node's failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fanflow.errors import NodeError
+from fanflow.messages import NodeTask, TaskResult
+from fanflow.sandbox import DEFAULT_MAX_OUTPUT_BYTES
+from fanflow.workflow import TASK_NODE_TYPES
+
+logger = logging.getLogger(__name__)
+
+#: error types that no retry can fix (the node asks for something fanflow lacks)
+NOT_RETRYABLE_ERROR_TYPES = frozenset({"NotSupportedError"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutionContext:
+    """What executors need from the worker's settings; one per worker process."""
+
+    #: a code node's wall-clock limit when its task carries no `timeout_s` (Dify: 60 s)
+    code_timeout_s: float = 60.0
+    code_memory_mb: int = 512
+    #: CPU seconds per code run; None leaves only the wall-clock limit
+    code_cpu_s: int | None = None
+    code_max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+
+
+@dataclass(frozen=True)
+class ExecutionOutcome:
+    """A node's success: its outputs and, for branching nodes, the handle of the taken edge."""
+
+    outputs: dict[str, Any] = field(default_factory=dict)
+    edge_handle: str | None = None
+    total_tokens: int = 0
+
+
+Executor = Callable[[NodeTask, ExecutionContext], Awaitable[ExecutionOutcome]]
+
+_EXECUTORS: dict[str, Executor] = {}
+
+
+def register(node_type: str) -> Callable[[Executor], Executor]:
+    """Decorator: `executor` runs tasks of `node_type` (one executor per type)."""
+
+    def decorate(executor: Executor) -> Executor:
+        if node_type in _EXECUTORS and _EXECUTORS[node_type] is not executor:
+            raise ValueError(f"an executor for node type {node_type!r} is already registered")
+        _EXECUTORS[node_type] = executor
+        return executor
+
+    return decorate
+
+
+def executor_for(node_type: str) -> Executor | None:
+    return _EXECUTORS.get(node_type)
+
+
+def node_label(task: NodeTask) -> str:
+    """How error messages name the node: `id (title)`."""
+    return f"{task.node_id} ({task.node_title})" if task.node_title else task.node_id
+
+
+async def execute_task(task: NodeTask, context: ExecutionContext) -> TaskResult:
+    """Run one task attempt with the executor of its node type; always a `TaskResult`.
+
+    A `NodeError` becomes a failed result with its message and error type; any other
+    exception is a fanflow bug, logged with its traceback and reported as ``InternalError``.
+    Cancellation is not a failure and propagates.
+    """
+    started = time.monotonic()
+    executor = _EXECUTORS.get(task.node_type)
+    try:
+        if executor is None:
+            raise NodeError(_unsupported(task), error_type="NotSupportedError")
+        outcome = await executor(task, context)
+    except NodeError as exc:
+        return _failed(task, str(exc), exc.error_type, started)
+    except Exception as exc:
+        logger.exception("executor for %s failed on task %s", task.node_type, task.task_id)
+        message = f"{node_label(task)}: internal error in fanflow: {type(exc).__name__}: {exc}"
+        return _failed(task, message, "InternalError", started)
+    return TaskResult(
+        **_identity(task),
+        status="succeeded",
+        outputs=outcome.outputs,
+        edge_handle=outcome.edge_handle,
+        total_tokens=outcome.total_tokens,
+        elapsed_s=time.monotonic() - started,
+    )
+
+
+def _unsupported(task: NodeTask) -> str:
+    kind = task.node_type
+    if kind in TASK_NODE_TYPES:
+        return f"{node_label(task)}: node type '{kind}' is not yet supported by fanflow's executors"
+    return f"{node_label(task)}: node type '{kind}' is not a task node fanflow's executors run"
+
+
+def _identity(task: NodeTask) -> dict[str, Any]:
+    return {
+        "task_id": task.task_id,
+        "run_id": task.run_id,
+        "node_id": task.node_id,
+        "scope": task.scope,
+        "attempt": task.attempt,
+    }
+
+
+def _failed(task: NodeTask, error: str, error_type: str, started: float) -> TaskResult:
+    return TaskResult(
+        **_identity(task),
+        status="failed",
+        error=error,
+        error_type=error_type,
+        retryable=error_type not in NOT_RETRYABLE_ERROR_TYPES,
+        elapsed_s=time.monotonic() - started,
+    )

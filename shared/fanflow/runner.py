@@ -1,0 +1,180 @@
+"""The embedded runner: one process, an in-memory transport, no broker.
+
+The same scheduler as the mesh; tasks run on this process's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fanflow.executors import ExecutionContext, execute_task
+from fanflow.messages import NodeTask
+from fanflow.runtime import RunRequest, prepare_run
+from fanflow.scheduler import (
+    CancelTasks,
+    CollectItems,
+    Command,
+    DispatchTask,
+    Emit,
+    Event,
+    ItemOutcome,
+    ItemsCollected,
+    Limits,
+    RecordItem,
+    RunFinished,
+    Scheduler,
+    StartTimer,
+    StopRequested,
+    TaskFinished,
+    TimerFired,
+)
+from fanflow.workflow import Workflow
+
+EventCallback = Callable[[Emit], None]
+
+
+@dataclass
+class RunResult:
+    """A finished run, shaped like the `data` of Dify's blocking workflow response."""
+
+    id: str
+    workflow_id: str
+    status: str
+    outputs: dict[str, Any]
+    error: str | None
+    elapsed_time: float
+    total_tokens: int
+    total_steps: int
+    created_at: int
+    finished_at: int
+    exceptions_count: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _ItemStore:
+    """Iteration item results, kept outside the run state (as the database does on the mesh)."""
+
+    items: dict[str, dict[int, ItemOutcome]] = field(default_factory=dict)
+
+    def record(self, command: RecordItem) -> None:
+        self.items.setdefault(command.iteration, {})[command.index] = ItemOutcome(
+            command.index, command.value, command.removed
+        )
+
+    def collect(self, iteration: str) -> tuple[ItemOutcome, ...]:
+        recorded = self.items.pop(iteration, {})
+        return tuple(recorded[i] for i in sorted(recorded))
+
+
+class EmbeddedRunner:
+    """Runs workflows in this process. One instance may run many workflows in turn."""
+
+    def __init__(
+        self,
+        *,
+        limits: Limits | None = None,
+        context: ExecutionContext | None = None,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        self.limits = limits or Limits()
+        self.context = context or ExecutionContext()
+        self.on_event = on_event
+
+    def run(self, workflow: Workflow, request: RunRequest) -> RunResult:
+        return asyncio.run(self.async_run(workflow, request))
+
+    async def async_run(
+        self, workflow: Workflow, request: RunRequest, *, stop: asyncio.Event | None = None
+    ) -> RunResult:
+        """Run to the end. Raises `InputsInvalid` before anything runs when inputs are bad."""
+        run_id = str(uuid.uuid4())
+        created = time.time()
+        setup = prepare_run(workflow, request, run_id=run_id, now_s=created)
+        scheduler = Scheduler(workflow, limits=self.limits)
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        store = _ItemStore()
+        tasks: set[asyncio.Task[None]] = set()
+        timers: list[asyncio.TimerHandle] = []
+        loop = asyncio.get_running_loop()
+        finished: RunFinished | None = None
+
+        async def run_task(task: NodeTask, delay_ms: int) -> None:
+            if delay_ms:
+                await asyncio.sleep(delay_ms / 1000)
+            result = await execute_task(task, self.context)
+            events.put_nowait(TaskFinished(result))
+
+        def carry_out(commands: list[Command]) -> None:
+            nonlocal finished
+            for command in commands:
+                if isinstance(command, DispatchTask):
+                    handle = asyncio.create_task(run_task(command.task, command.delay_ms))
+                    tasks.add(handle)
+                    handle.add_done_callback(tasks.discard)
+                elif isinstance(command, RecordItem):
+                    store.record(command)
+                elif isinstance(command, CollectItems):
+                    events.put_nowait(ItemsCollected(command.iteration, store.collect(command.iteration)))
+                elif isinstance(command, StartTimer):
+                    timers.append(
+                        loop.call_later(
+                            command.delay_ms / 1000, events.put_nowait, TimerFired(command.name)
+                        )
+                    )
+                elif isinstance(command, CancelTasks):
+                    for handle in tasks:
+                        handle.cancel()
+                elif isinstance(command, Emit):
+                    if self.on_event is not None:
+                        self.on_event(command)
+                elif isinstance(command, RunFinished):
+                    finished = command
+
+        stop_waiter = asyncio.create_task(stop.wait()) if stop is not None else None
+        if stop_waiter is not None:
+            stop_waiter.add_done_callback(lambda _: events.put_nowait(StopRequested()))
+        try:
+            state, commands = scheduler.start(
+                run_id,
+                inputs=setup.inputs,
+                system=setup.system,
+                environment=setup.environment,
+                conversation=setup.conversation,
+                conversation_types=setup.conversation_types,
+            )
+            carry_out(commands)
+            while finished is None:
+                event = await events.get()
+                state, commands = scheduler.step(state, event)
+                carry_out(commands)
+        finally:
+            for timer in timers:
+                timer.cancel()
+            for handle in list(tasks):
+                handle.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if stop_waiter is not None:
+                stop_waiter.cancel()
+        ended = time.time()
+        return RunResult(
+            id=run_id,
+            workflow_id=setup.system["workflow_id"],
+            status=finished.status,
+            outputs=finished.outputs,
+            error=finished.error,
+            elapsed_time=round(ended - created, 6),
+            total_tokens=state.total_tokens,
+            total_steps=state.steps,
+            created_at=int(created),
+            finished_at=int(ended),
+            exceptions_count=state.exceptions_count,
+        )

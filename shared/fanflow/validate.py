@@ -1,0 +1,569 @@
+"""Check a loaded `Workflow` before it runs: structure, node fields and variable references.
+
+Every check appends to one list, so a file's problems are reported together. Node field
+checks cover what the engine reads for each supported node type, no more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from graphlib import CycleError, TopologicalSorter
+from typing import Any
+
+from fanflow.errors import Problem
+from fanflow.variables import Selector, referenced_selectors, selector_key
+from fanflow.workflow import SUPPORTED_NODE_TYPES, Node, Workflow
+
+__all__ = ["SYSTEM_VARIABLES", "check_node_fields", "node_selectors", "validate_workflow"]
+
+#: System variables each app mode provides (`sys.<name>`).
+_WORKFLOW_SYSTEM = frozenset(
+    {"user_id", "app_id", "workflow_id", "workflow_run_id", "timestamp", "files"}
+)
+SYSTEM_VARIABLES: Mapping[str, frozenset[str]] = {
+    "workflow": _WORKFLOW_SYSTEM,
+    "advanced-chat": _WORKFLOW_SYSTEM | {"query", "conversation_id", "dialogue_count"},
+}
+_CONTAINER_START = {"iteration": "iteration-start", "loop": "loop-start"}
+
+
+def validate_workflow(workflow: Workflow) -> list[Problem]:
+    """Every problem that would stop `workflow` from running as Dify runs it (empty: fine)."""
+    problems: list[Problem] = []
+    scopes = _scopes(workflow, problems)
+    for node in workflow.nodes.values():
+        if node.type not in SUPPORTED_NODE_TYPES:
+            problems.append(_at(node, f"unsupported node type {node.type!r}"))
+        else:
+            problems.extend(_at(node, message) for message in check_node_fields(node))
+    _check_starts(workflow, scopes, problems)
+    predecessors = _check_edges(workflow, scopes, problems)
+    _check_cycles(workflow, scopes, predecessors, problems)
+    _check_references(workflow, scopes, predecessors, problems)
+    return problems
+
+
+def _at(node: Node, message: str) -> Problem:
+    return Problem(message, node.id, node.title or None)
+
+
+# --- containers and start nodes -------------------------------------------------------------
+
+
+def _scopes(workflow: Workflow, problems: list[Problem]) -> dict[str, tuple[str, ...]]:
+    """Each node's enclosing containers, innermost first; a bad parent is reported and cut."""
+    chains: dict[str, tuple[str, ...]] = {}
+    for node in workflow.nodes.values():
+        chain: list[str] = []
+        current = node
+        while current.parent_id is not None:
+            parent = workflow.nodes.get(current.parent_id)
+            if parent is None or not parent.is_container:
+                if current is node:  # reported once, by the node that names the bad parent
+                    problems.append(_at(node, _parent_problem(current.parent_id, parent)))
+                break
+            if parent.id == node.id:
+                problems.append(_at(node, "containers enclose each other in a circle"))
+                break
+            if parent.id in chain:
+                break
+            chain.append(parent.id)
+            current = parent
+        chains[node.id] = tuple(chain)
+    return chains
+
+
+def _parent_problem(parent_id: str, parent: Node | None) -> str:
+    if parent is None:
+        return f"container {parent_id!r} does not exist"
+    return f"parent {parent.label()} is a {parent.type!r} node, not an iteration or loop"
+
+
+def _scope(scopes: Mapping[str, tuple[str, ...]], node_id: str) -> str | None:
+    chain = scopes.get(node_id, ())
+    return chain[0] if chain else None
+
+
+def _check_starts(
+    workflow: Workflow, scopes: Mapping[str, tuple[str, ...]], problems: list[Problem]
+) -> None:
+    starts = [node for node in workflow.nodes.values() if node.type == "start"]
+    if not any(_scope(scopes, node.id) is None for node in starts):
+        problems.append(Problem("the workflow has no start node"))
+    for extra in starts[1:]:
+        problems.append(_at(extra, f"more than one start node (first: {starts[0].label()})"))
+
+    for node in workflow.nodes.values():
+        container = workflow.nodes.get(_scope(scopes, node.id) or "")
+        if node.type in ("iteration-start", "loop-start"):
+            wanted = {"iteration-start": "iteration", "loop-start": "loop"}[node.type]
+            if container is None or container.type != wanted:
+                problems.append(_at(node, f"{node.type} node outside a {wanted}"))
+        if not node.is_container:
+            continue
+        children = set(workflow.children.get(node.id, ()))
+        start_id = node.data.get("start_node_id")
+        entries = [c for c in children if workflow.nodes[c].type == _CONTAINER_START[node.type]]
+        if start_id and start_id not in children:
+            problems.append(
+                _at(node, f"start_node_id {start_id!r} is not a node of this {node.type}")
+            )
+        elif not entries and not start_id:
+            problems.append(_at(node, f"{node.type} has no {_CONTAINER_START[node.type]} node"))
+
+
+# --- edges and cycles -----------------------------------------------------------------------
+
+
+def _check_edges(
+    workflow: Workflow, scopes: Mapping[str, tuple[str, ...]], problems: list[Problem]
+) -> dict[str, set[str]]:
+    """Report bad edges; return each node's predecessors through the edges that are sound."""
+    predecessors: dict[str, set[str]] = {node_id: set() for node_id in workflow.nodes}
+    for edge in workflow.edges:
+        source, target = workflow.nodes.get(edge.source), workflow.nodes.get(edge.target)
+        if source is None or target is None:
+            for missing, present, word in (
+                (edge.source, target, "from"),
+                (edge.target, source, "to"),
+            ):
+                if missing not in workflow.nodes:
+                    message = f"edge {edge.id!r} {word} missing node {missing!r}"
+                    problems.append(_at(present, message) if present else Problem(message))
+            continue
+        outer, inner = _scope(scopes, source.id), _scope(scopes, target.id)
+        if outer != inner:
+            problems.append(
+                _at(
+                    source,
+                    f"edge {edge.id!r} to {target.label()} crosses a container boundary "
+                    f"({_scope_name(workflow, outer)} -> {_scope_name(workflow, inner)})",
+                )
+            )
+            continue
+        predecessors[target.id].add(source.id)
+    return predecessors
+
+
+def _scope_name(workflow: Workflow, container_id: str | None) -> str:
+    if container_id is None:
+        return "top level"
+    return f"{workflow.nodes[container_id].type} {container_id}"
+
+
+def _check_cycles(
+    workflow: Workflow,
+    scopes: Mapping[str, tuple[str, ...]],
+    predecessors: Mapping[str, set[str]],
+    problems: list[Problem],
+) -> None:
+    by_scope: dict[str | None, dict[str, set[str]]] = {}
+    for node_id, before in predecessors.items():
+        by_scope.setdefault(_scope(scopes, node_id), {})[node_id] = before
+    for container_id, graph in by_scope.items():
+        try:
+            TopologicalSorter(graph).prepare()
+        except CycleError as exc:
+            cycle = exc.args[1]
+            where = _scope_name(workflow, container_id)
+            problems.append(
+                _at(
+                    workflow.nodes[cycle[0]],
+                    f"cycle in the {where} graph: {' -> '.join(cycle)} "
+                    "(only loop nodes repeat work)",
+                )
+            )
+
+
+# --- variable references --------------------------------------------------------------------
+
+
+def _check_references(
+    workflow: Workflow,
+    scopes: Mapping[str, tuple[str, ...]],
+    predecessors: Mapping[str, set[str]],
+    problems: list[Problem],
+) -> None:
+    """Report references that cannot resolve: unknown sys/env/conversation names, missing
+    nodes, undeclared start inputs, and nodes that never run before the reader.
+
+    Graph documents (`extra["kind"] == "graph"`) get only the last check: graphon declares
+    no start inputs, maps every input to `sys.*` too, and its own fixtures reference
+    missing variables on purpose to exercise run-time failures.
+    """
+    lenient = workflow.extra.get("kind", "app") == "graph"
+    system = SYSTEM_VARIABLES.get(workflow.mode, SYSTEM_VARIABLES["workflow"])
+    environment = {variable.name for variable in workflow.environment}
+    conversation = {variable.name for variable in workflow.conversation}
+    start_inputs = _start_inputs(workflow, scopes)
+    successors: dict[str, set[str]] = {node_id: set() for node_id in predecessors}
+    for node_id, before in predecessors.items():
+        for source in before:
+            successors[source].add(node_id)
+    downstream_cache: dict[str, frozenset[str]] = {}
+
+    def downstream(node_id: str) -> frozenset[str]:
+        if node_id not in downstream_cache:
+            seen: set[str] = set()
+            pending = list(successors.get(node_id, ()))
+            while pending:
+                current = pending.pop()
+                if current not in seen:
+                    seen.add(current)
+                    pending.extend(successors.get(current, ()))
+            downstream_cache[node_id] = frozenset(seen)
+        return downstream_cache[node_id]
+
+    def runs_after(node: Node, target_id: str) -> bool:
+        """True when `target_id` can never have run before `node` reads it.
+
+        Compared in the innermost scope holding both (a node inside a container is
+        represented by that container). Nodes on parallel branches are not ordered and pass:
+        Dify imports such files and reads whatever the variable holds at run time.
+        """
+        target_chain = (target_id, *scopes.get(target_id, ()))
+        for level in (node.id, *scopes.get(node.id, ())):
+            level_scope = _scope(scopes, level)
+            lifted = next((n for n in target_chain if _scope(scopes, n) == level_scope), None)
+            if lifted is None:
+                continue
+            if lifted == level:
+                return level == node.id and not node.is_container
+            return lifted in downstream(level)
+        return False
+
+    for node in workflow.nodes.values():
+        for selector in node_selectors(node):
+            message = None
+            if not lenient:
+                message = _reference_problem(
+                    workflow, selector, system, environment, conversation, start_inputs
+                )
+            if message is None and selector[0] in workflow.nodes and runs_after(node, selector[0]):
+                target = workflow.nodes[selector[0]]
+                message = (
+                    f"reference {selector_key(selector)!r} to {target.label()}, "
+                    "which never runs before this node"
+                )
+            if message:
+                problems.append(_at(node, message))
+
+
+def _start_inputs(workflow: Workflow, scopes: Mapping[str, tuple[str, ...]]) -> dict[str, set[str]]:
+    inputs: dict[str, set[str]] = {}
+    for node in workflow.nodes.values():
+        if node.type == "start" and _scope(scopes, node.id) is None:
+            variables = node.data.get("variables") or []
+            inputs[node.id] = {
+                item["variable"]
+                for item in variables
+                if isinstance(item, Mapping) and isinstance(item.get("variable"), str)
+            }
+    return inputs
+
+
+def _reference_problem(
+    workflow: Workflow,
+    selector: Selector,
+    system: frozenset[str],
+    environment: set[str],
+    conversation: set[str],
+    start_inputs: Mapping[str, set[str]],
+) -> str | None:
+    head, name = selector[0], selector[1]
+    shown = selector_key(selector)
+    if head == "sys":
+        return None if name in system else f"unknown system variable {shown!r}"
+    if head == "env":
+        return None if name in environment else f"undeclared environment variable {shown!r}"
+    if head == "conversation":
+        return None if name in conversation else f"undeclared conversation variable {shown!r}"
+    target = workflow.nodes.get(head)
+    if target is None:
+        return f"reference {shown!r} to missing node {head!r}"
+    if head in start_inputs and name not in start_inputs[head] and not name.startswith("sys."):
+        return f"reference {shown!r} to undeclared start input {name!r}"
+    return None
+
+
+def node_selectors(node: Node) -> list[Selector]:
+    """Every selector `node` reads: `referenced_selectors` plus the fields it cannot spot."""
+    found = dict.fromkeys(referenced_selectors(node.data))
+    for selector in _untagged_selectors(node):
+        found.setdefault(selector, None)
+    return list(found)
+
+
+def _untagged_selectors(node: Node) -> Iterator[Selector]:
+    """Selectors kept under keys without 'selector' in their name."""
+    data = node.data
+    candidates: list[Any] = []
+    if node.type in ("variable-aggregator", "variable-assigner"):
+        candidates.extend(data.get("variables") or [])
+        settings = data.get("advanced_settings")
+        if isinstance(settings, Mapping) and settings.get("group_enabled"):
+            for group in settings.get("groups") or []:
+                if isinstance(group, Mapping):
+                    candidates.extend(group.get("variables") or [])
+    elif node.type == "loop":
+        for item in data.get("loop_variables") or []:
+            if isinstance(item, Mapping) and item.get("value_type") == "variable":
+                candidates.append(item.get("value"))
+    elif node.type == "assigner":
+        for item in data.get("items") or []:
+            if isinstance(item, Mapping) and item.get("input_type") == "variable":
+                candidates.append(item.get("value"))
+    elif node.type == "list-operator":
+        candidates.append(data.get("variable"))
+    elif node.type == "parameter-extractor":
+        candidates.append(data.get("query"))
+    for candidate in candidates:
+        if (
+            isinstance(candidate, list)
+            and len(candidate) >= 2
+            and all(isinstance(part, str) and part for part in candidate)
+        ):
+            yield tuple(candidate)
+
+
+# --- node fields ----------------------------------------------------------------------------
+
+_Problems = list[str]
+_CODE_OUTPUT_TYPES = frozenset(
+    {"string", "number", "boolean", "object"}
+    | {f"array[{t}]" for t in ("string", "number", "object", "boolean")}
+)
+
+
+def check_node_fields(node: Node) -> list[str]:
+    """What is wrong with the fields the engine reads from `node.data` (empty: fine)."""
+    problems: _Problems = []
+    check = _FIELD_CHECKS.get(node.type)
+    if check is not None:
+        check(node.data, problems)
+    return problems
+
+
+def _is_selector(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) >= 2
+        and all(isinstance(part, str) and part for part in value)
+    )
+
+
+def _need_selector(data: Mapping[str, Any], field: str, problems: _Problems) -> None:
+    if not _is_selector(data.get(field)):
+        problems.append(f"{field} must be a selector like [node_id, name], got {data.get(field)!r}")
+
+
+def _need_text(data: Mapping[str, Any], field: str, problems: _Problems) -> None:
+    if not isinstance(data.get(field), str):
+        problems.append(f"{field} must be text, got {data.get(field)!r}")
+
+
+def _need_choice(
+    data: Mapping[str, Any], field: str, choices: tuple[Any, ...], problems: _Problems
+) -> None:
+    """`field` absent or null means the default; otherwise it must be one of `choices`."""
+    value = data.get(field)
+    if value is not None and value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        problems.append(f"{field} must be one of {allowed}, got {value!r}")
+
+
+def _entries(data: Mapping[str, Any], field: str, problems: _Problems) -> list[Mapping[str, Any]]:
+    """The mappings of list field `field` (absent: none); anything else is reported."""
+    value = data.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.append(f"{field} must be a list, got {type(value).__name__}")
+        return []
+    good = [item for item in value if isinstance(item, Mapping)]
+    if len(good) != len(value):
+        problems.append(f"{field} must hold mappings only")
+    return good
+
+
+def _check_bindings(data: Mapping[str, Any], problems: _Problems, field: str = "variables") -> None:
+    for i, item in enumerate(_entries(data, field, problems)):
+        where = f"{field}[{i}]"
+        if not isinstance(item.get("variable"), str) or not item["variable"]:
+            problems.append(f"{where}.variable must be a name, got {item.get('variable')!r}")
+        if not _is_selector(item.get("value_selector")):
+            problems.append(
+                f"{where}.value_selector must be a selector, got {item.get('value_selector')!r}"
+            )
+
+
+def _check_conditions(conditions: list[Mapping[str, Any]], where: str, problems: _Problems) -> None:
+    for i, condition in enumerate(conditions):
+        if not _is_selector(condition.get("variable_selector")):
+            problems.append(f"{where}[{i}].variable_selector must be a selector")
+        if not isinstance(condition.get("comparison_operator"), str):
+            problems.append(f"{where}[{i}].comparison_operator must be text")
+
+
+def _start(data: Mapping[str, Any], problems: _Problems) -> None:
+    names = [item.get("variable") for item in _entries(data, "variables", problems)]
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            problems.append(f"variables[{i}].variable must be a name, got {name!r}")
+        elif names.index(name) != i:
+            problems.append(f"start input {name!r} is declared twice")
+
+
+def _end(data: Mapping[str, Any], problems: _Problems) -> None:
+    _check_bindings(data, problems, "outputs")
+
+
+def _code(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_choice(data, "code_language", ("python3", "javascript"), problems)
+    _need_text(data, "code", problems)
+    _check_bindings(data, problems)
+    outputs = data.get("outputs")
+    if outputs is None:
+        return
+    if not isinstance(outputs, Mapping):
+        problems.append(
+            f"outputs must be a mapping of name to {{type}}, got {type(outputs).__name__}"
+        )
+        return
+    for name, spec in outputs.items():
+        kind = spec.get("type") if isinstance(spec, Mapping) else None
+        if kind not in _CODE_OUTPUT_TYPES:
+            problems.append(
+                f"outputs.{name}.type must be one of {sorted(_CODE_OUTPUT_TYPES)}, got {kind!r}"
+            )
+
+
+def _template(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_text(data, "template", problems)
+    _check_bindings(data, problems)
+
+
+def _answer(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_text(data, "answer", problems)
+
+
+def _if_else(data: Mapping[str, Any], problems: _Problems) -> None:
+    if data.get("cases") is None:  # legacy single case "true"
+        _need_choice(data, "logical_operator", ("and", "or"), problems)
+        _check_conditions(_entries(data, "conditions", problems), "conditions", problems)
+        return
+    for i, case in enumerate(_entries(data, "cases", problems)):
+        if not isinstance(case.get("case_id"), str) or not case["case_id"]:
+            problems.append(f"cases[{i}].case_id must be text, got {case.get('case_id')!r}")
+        _need_choice(case, "logical_operator", ("and", "or"), problems)
+        _check_conditions(
+            _entries(case, "conditions", problems), f"cases[{i}].conditions", problems
+        )
+
+
+def _iteration(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_selector(data, "iterator_selector", problems)
+    if data.get("output_selector") not in (None, []):
+        _need_selector(data, "output_selector", problems)
+    parallel_nums = data.get("parallel_nums")
+    if parallel_nums is not None and (
+        not isinstance(parallel_nums, int) or isinstance(parallel_nums, bool) or parallel_nums < 1
+    ):
+        problems.append(f"parallel_nums must be a positive whole number, got {parallel_nums!r}")
+    _need_choice(data, "is_parallel", (True, False), problems)
+    _need_choice(data, "flatten_output", (True, False), problems)
+    modes = ("terminated", "continue-on-error", "remove-abnormal-output")
+    _need_choice(data, "error_handle_mode", modes, problems)
+
+
+def _loop(data: Mapping[str, Any], problems: _Problems) -> None:
+    count = data.get("loop_count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        problems.append(f"loop_count must be a whole number >= 0, got {count!r}")
+    _need_choice(data, "logical_operator", ("and", "or"), problems)
+    _check_conditions(_entries(data, "break_conditions", problems), "break_conditions", problems)
+    for i, item in enumerate(_entries(data, "loop_variables", problems)):
+        if not isinstance(item.get("label"), str) or not item["label"]:
+            problems.append(f"loop_variables[{i}].label must be a name, got {item.get('label')!r}")
+        _need_choice(item, "value_type", ("constant", "variable"), problems)
+        if item.get("value_type") == "variable" and not _is_selector(item.get("value")):
+            problems.append(
+                f"loop_variables[{i}].value must be a selector, got {item.get('value')!r}"
+            )
+
+
+def _aggregator(data: Mapping[str, Any], problems: _Problems) -> None:
+    lists = [("variables", data.get("variables"))]
+    settings = data.get("advanced_settings")
+    if isinstance(settings, Mapping) and settings.get("group_enabled"):
+        for i, group in enumerate(_entries(settings, "groups", problems)):
+            lists.append((f"advanced_settings.groups[{i}].variables", group.get("variables")))
+    for where, selectors in lists:
+        if selectors is not None and (
+            not isinstance(selectors, list) or not all(_is_selector(s) for s in selectors)
+        ):
+            problems.append(f"{where} must be a list of selectors, got {selectors!r}")
+
+
+def _assigner(data: Mapping[str, Any], problems: _Problems) -> None:
+    if str(data.get("version") or "1") != "2":
+        _need_selector(data, "assigned_variable_selector", problems)
+        _need_choice(data, "write_mode", ("over-write", "append", "clear"), problems)
+        if data.get("write_mode") != "clear":
+            _need_selector(data, "input_variable_selector", problems)
+        return
+    for i, item in enumerate(_entries(data, "items", problems)):
+        if not _is_selector(item.get("variable_selector")):
+            problems.append(f"items[{i}].variable_selector must be a selector")
+        if not isinstance(item.get("operation"), str):
+            problems.append(f"items[{i}].operation must be text, got {item.get('operation')!r}")
+        if item.get("input_type") == "variable" and not _is_selector(item.get("value")):
+            problems.append(f"items[{i}].value must be a selector, got {item.get('value')!r}")
+
+
+def _list_operator(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_selector(data, "variable", problems)
+
+
+def _http(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_text(data, "method", problems)
+    _need_text(data, "url", problems)
+
+
+def _llm(data: Mapping[str, Any], problems: _Problems) -> None:
+    if not isinstance(data.get("model"), Mapping):
+        problems.append("model must be a mapping {provider, name, ...}")
+    if not isinstance(data.get("prompt_template"), list | Mapping):
+        problems.append("prompt_template must be a list of messages or one {text}")
+
+
+def _parameter_extractor(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_selector(data, "query", problems)
+    _entries(data, "parameters", problems)
+
+
+def _question_classifier(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_selector(data, "query_variable_selector", problems)
+    for i, item in enumerate(_entries(data, "classes", problems)):
+        if item.get("id") in (None, ""):
+            problems.append(f"classes[{i}].id is missing")
+
+
+_FIELD_CHECKS: dict[str, Callable[[Mapping[str, Any], _Problems], None]] = {
+    "start": _start,
+    "end": _end,
+    "answer": _answer,
+    "code": _code,
+    "template-transform": _template,
+    "if-else": _if_else,
+    "iteration": _iteration,
+    "loop": _loop,
+    "variable-aggregator": _aggregator,
+    "variable-assigner": _aggregator,
+    "assigner": _assigner,
+    "list-operator": _list_operator,
+    "http-request": _http,
+    "llm": _llm,
+    "parameter-extractor": _parameter_extractor,
+    "question-classifier": _question_classifier,
+}

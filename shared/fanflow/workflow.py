@@ -1,0 +1,158 @@
+"""The in-memory graph of a workflow: nodes, edges, containers. Immutable once loaded.
+
+The DSL loader (`fanflow.dsl`) builds it from a Dify export; the scheduler only reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+#: Node types that run as tasks on workers (they call out or run user code).
+TASK_NODE_TYPES = frozenset(
+    {"code", "llm", "http-request", "parameter-extractor", "question-classifier"}
+)
+#: Node types evaluated inline by the scheduler.
+INLINE_NODE_TYPES = frozenset(
+    {
+        "start",
+        "end",
+        "answer",
+        "if-else",
+        "template-transform",
+        "variable-aggregator",
+        "variable-assigner",
+        "assigner",
+        "list-operator",
+        "iteration",
+        "iteration-start",
+        "loop",
+        "loop-start",
+        "loop-end",
+    }
+)
+SUPPORTED_NODE_TYPES = TASK_NODE_TYPES | INLINE_NODE_TYPES
+CONTAINER_NODE_TYPES = frozenset({"iteration", "loop"})
+#: Node types whose failure can be retried by `retry_config`.
+RETRYABLE_NODE_TYPES = frozenset({"llm", "code", "http-request", "tool"})
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    max_retries: int = 0
+    retry_interval_ms: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_retries > 0
+
+
+@dataclass(frozen=True)
+class DefaultValue:
+    key: str
+    type: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node. `data` is the node's raw `data` mapping from the DSL (read-only by contract)."""
+
+    id: str
+    type: str
+    title: str
+    data: Mapping[str, Any]
+    parent_id: str | None = None
+    error_strategy: str | None = None  # "fail-branch" | "default-value" | None
+    default_values: tuple[DefaultValue, ...] = ()
+    retry: RetryConfig = RetryConfig()
+
+    @property
+    def is_task(self) -> bool:
+        return self.type in TASK_NODE_TYPES
+
+    @property
+    def is_container(self) -> bool:
+        return self.type in CONTAINER_NODE_TYPES
+
+    def label(self) -> str:
+        return f"{self.id} ({self.title})" if self.title else self.id
+
+
+@dataclass(frozen=True)
+class Edge:
+    id: str
+    source: str
+    target: str
+    source_handle: str = "source"
+
+
+@dataclass(frozen=True)
+class EnvironmentVariable:
+    name: str
+    value_type: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A loaded workflow graph. Nodes keep the order of the file."""
+
+    name: str
+    mode: str  # "workflow" | "advanced-chat"
+    version: str
+    nodes: Mapping[str, Node]
+    edges: tuple[Edge, ...]
+    environment: tuple[EnvironmentVariable, ...] = ()
+    conversation: tuple[EnvironmentVariable, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def out_edges(self) -> Mapping[str, tuple[Edge, ...]]:
+        result: dict[str, list[Edge]] = {node_id: [] for node_id in self.nodes}
+        for edge in self.edges:
+            result.setdefault(edge.source, []).append(edge)
+        return {k: tuple(v) for k, v in result.items()}
+
+    @cached_property
+    def in_edges(self) -> Mapping[str, tuple[Edge, ...]]:
+        result: dict[str, list[Edge]] = {node_id: [] for node_id in self.nodes}
+        for edge in self.edges:
+            result.setdefault(edge.target, []).append(edge)
+        return {k: tuple(v) for k, v in result.items()}
+
+    @cached_property
+    def order(self) -> Mapping[str, int]:
+        """Position of each node in the file; the scheduler's deterministic tie-breaker."""
+        return {node_id: i for i, node_id in enumerate(self.nodes)}
+
+    @cached_property
+    def children(self) -> Mapping[str | None, tuple[str, ...]]:
+        """Node ids per container id (None: the top-level graph)."""
+        result: dict[str | None, list[str]] = {}
+        for node in self.nodes.values():
+            result.setdefault(node.parent_id, []).append(node.id)
+        return {k: tuple(v) for k, v in result.items()}
+
+    def start_node(self, container_id: str | None = None) -> Node:
+        """The entry node of the top-level graph or of a container's body."""
+        wanted = {"start"} if container_id is None else {"iteration-start", "loop-start"}
+        for node_id in self.children.get(container_id, ()):
+            if self.nodes[node_id].type in wanted:
+                return self.nodes[node_id]
+        if container_id is not None:
+            start_id = self.nodes[container_id].data.get("start_node_id")
+            if start_id in self.nodes:
+                return self.nodes[start_id]
+        raise KeyError(f"no start node in {container_id or 'the workflow'}")
+
+    def ancestors(self, node_id: str) -> tuple[str, ...]:
+        """Container ids enclosing a node, innermost first."""
+        chain: list[str] = []
+        parent = self.nodes[node_id].parent_id
+        while parent is not None:
+            chain.append(parent)
+            parent = self.nodes[parent].parent_id
+        return tuple(chain)
