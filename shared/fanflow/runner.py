@@ -122,7 +122,9 @@ class EmbeddedRunner:
                 elif isinstance(command, RecordItem):
                     store.record(command)
                 elif isinstance(command, CollectItems):
-                    events.put_nowait(ItemsCollected(command.iteration, store.collect(command.iteration)))
+                    events.put_nowait(
+                        ItemsCollected(command.iteration, store.collect(command.iteration))
+                    )
                 elif isinstance(command, StartTimer):
                     timers.append(
                         loop.call_later(

@@ -143,7 +143,7 @@ class Workflow:
             if self.nodes[node_id].type in wanted:
                 return self.nodes[node_id]
         if container_id is not None:
-            start_id = self.nodes[container_id].data.get("start_node_id")
+            start_id = str(self.nodes[container_id].data.get("start_node_id"))
             if start_id in self.nodes:
                 return self.nodes[start_id]
         raise KeyError(f"no start node in {container_id or 'the workflow'}")

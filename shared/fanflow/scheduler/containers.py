@@ -96,9 +96,7 @@ def _start_iteration(step: _Step, scope: Scope, node: Node) -> None:
 
 def _fill_window(step: _Step, frame: IterationFrame, node: Node, items: Sequence[Any]) -> None:
     window = _window(node)
-    while (
-        frame.failure is None and len(frame.active) < window and frame.next_index < frame.count
-    ):
+    while frame.failure is None and len(frame.active) < window and frame.next_index < frame.count:
         index = frame.next_index
         frame.next_index += 1
         frame.active.append(index)
@@ -182,9 +180,9 @@ class _LoopLookup:
         self._base, self._loop_id, self._frame = base, loop_id, frame
 
     def __call__(self, selector: Sequence[str]) -> Any:
-        if len(selector) >= 2 and selector[0] == self._loop_id:
-            if selector[1] in self._frame.variables:
-                return walk_path(self._frame.variables[selector[1]], selector[2:])
+        variables = self._frame.variables
+        if len(selector) >= 2 and selector[0] == self._loop_id and selector[1] in variables:
+            return walk_path(variables[selector[1]], selector[2:])
         return self._base(selector)
 
 
@@ -248,7 +246,9 @@ def _should_break(node: Node, lookup: Lookup, *, strict: bool) -> bool:
 
 def _start_round(step: _Step, frame: LoopFrame, node: Node) -> None:
     key = child_scope_key(frame.scope, node.id, frame.round)
-    step.state.scopes[key] = Scope(key=key, parent=frame.scope, container=node.id, index=frame.round)
+    step.state.scopes[key] = Scope(
+        key=key, parent=frame.scope, container=node.id, index=frame.round
+    )
     step.emit("loop_next", step.state.scopes[frame.scope], node, index=frame.round)
     step.enter_scope(key)
 

@@ -85,7 +85,9 @@ def _loop_end(step: _Step, scope: Scope, node: Node) -> Outcome:
 def _assigner(step: _Step, scope: Scope, node: Node) -> Outcome:
     state = step.state
     loops = _enclosing_loops(step, scope)
-    types: dict[Selector, str] = {("conversation", k): v for k, v in state.conversation_types.items()}
+    types: dict[Selector, str] = {
+        ("conversation", k): v for k, v in state.conversation_types.items()
+    }
     for loop_id, key in loops.items():
         types.update({(loop_id, label): t for label, t in state.loops[key].types.items()})
     version = 2 if str(node.data.get("version", "1")) == "2" or "items" in node.data else 1

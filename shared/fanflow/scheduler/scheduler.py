@@ -109,7 +109,9 @@ class Scheduler:
             containers.on_items_collected(step, event)
         elif isinstance(event, TimerFired):
             if event.name == DEADLINE_TIMER:
-                step.end_run(STOPPED, f"run exceeded the time limit of {self.limits.max_run_seconds:g} s")
+                step.end_run(
+                    STOPPED, f"run exceeded the time limit of {self.limits.max_run_seconds:g} s"
+                )
         elif isinstance(event, StopRequested):
             step.end_run(STOPPED, event.reason)
         else:  # pragma: no cover - typing guards this
@@ -156,7 +158,9 @@ class _Step:
                     continue
                 self._advance(scope)
         except _StepLimit:
-            self.end_run(STOPPED, f"run exceeded the limit of {self.scheduler.limits.max_steps} steps")
+            self.end_run(
+                STOPPED, f"run exceeded the limit of {self.scheduler.limits.max_steps} steps"
+            )
 
     def _advance(self, scope: Scope) -> None:
         progressed = True

@@ -1,0 +1,1 @@
+"""fanflow's services: thin shells around the library (trigger, worker, aggregator)."""

@@ -1,0 +1,127 @@
+"""The worker: consumes node tasks of its classes, runs them, publishes results, then acks.
+
+Holds no database connection: a task carries everything it needs. Prefetch per class is
+its concurrency for that class (the first rate-limit knob). On SIGTERM it stops taking
+tasks, finishes the ones in flight, and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+
+from fanflow.amqp import AmqpBroker, Disposition
+from fanflow.executors import ExecutionContext, execute_task
+from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
+from fanflow.messages import NodeTask, TaskResult
+from fanflow.metrics import NODE_DURATION, NODE_EXECUTIONS, TASKS_IN_FLIGHT
+from fanflow.settings import Settings
+from fanflow.topology import Topology
+
+log = logging.getLogger("fanflow.worker")
+#: how many stopped run ids a worker remembers (stop broadcasts are not replayed)
+STOPPED_RUNS_REMEMBERED = 10_000
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, queues: list[str], prefetch: int) -> None:
+        self.settings = settings
+        self.queues = queues
+        self.prefetch = prefetch
+        self.topology = Topology(
+            namespace=settings.namespace, delivery_limit=settings.delivery_limit
+        )
+        self.context = ExecutionContext(
+            code_timeout_s=settings.code_timeout_s, code_memory_mb=settings.code_memory_mb
+        )
+        self._stopped: OrderedDict[str, None] = OrderedDict()
+        self._running: dict[str, set[asyncio.Task[TaskResult]]] = {}
+        self._broker: AmqpBroker | None = None
+
+    async def async_run(self, stop: asyncio.Event) -> None:
+        unknown = [q for q in self.queues if q not in self.topology.classes]
+        if unknown:
+            raise SystemExit(
+                f"unknown queue class(es) {unknown}; known: {', '.join(self.topology.classes)}"
+            )
+        async with AmqpBroker(
+            self.settings.amqp_url, topology=self.topology, connection_name="fanflow-worker"
+        ) as broker:
+            self._broker = broker
+            await broker.declare()
+            control = await broker.subscribe_control()
+            listener = asyncio.create_task(self._listen(control))
+            for cls in self.queues:
+                await broker.consume(
+                    self.topology.task_queue(cls), self.handle, prefetch=self.prefetch
+                )
+            log.info("serving %s with prefetch %d", ",".join(self.queues), self.prefetch)
+            await stop.wait()
+            log.info("draining in-flight tasks")
+            await broker.drain(timeout_s=self.settings.drain_timeout_s)
+            listener.cancel()
+
+    async def _listen(self, control) -> None:  # type: ignore[no-untyped-def]
+        async for message in control:
+            run_id = message.get("stop_run")
+            if isinstance(run_id, str):
+                self._stopped[run_id] = None
+                while len(self._stopped) > STOPPED_RUNS_REMEMBERED:
+                    self._stopped.popitem(last=False)
+                for running in list(self._running.get(run_id, ())):
+                    running.cancel()
+
+    async def handle(self, body: bytes, headers: dict, redelivered: bool) -> Disposition:
+        task = NodeTask.decode(body)
+        if task.run_id in self._stopped:
+            return Disposition.ACK  # the run is over; nobody waits for this result
+        cls = self.topology.class_for(task.node_type)
+        execution = asyncio.create_task(self._execute(task))
+        self._running.setdefault(task.run_id, set()).add(execution)
+        TASKS_IN_FLIGHT.labels(cls).inc()
+        started = time.monotonic()
+        try:
+            result = await execution
+        except asyncio.CancelledError:
+            if task.run_id in self._stopped:
+                log.info("task %s cancelled: run %s stopped", task.task_id, task.run_id)
+                return Disposition.ACK
+            raise
+        finally:
+            TASKS_IN_FLIGHT.labels(cls).dec()
+            running = self._running.get(task.run_id)
+            if running is not None:
+                running.discard(execution)
+                if not running:
+                    del self._running[task.run_id]
+        NODE_DURATION.labels(task.node_type).observe(time.monotonic() - started)
+        NODE_EXECUTIONS.labels(task.node_type, result.status).inc()
+        assert self._broker is not None
+        await self._broker.publish_result(result)
+        return Disposition.ACK
+
+    async def _execute(self, task: NodeTask) -> TaskResult:
+        timeout_s = task.timeout_s or self.settings.task_timeout_s
+        try:
+            return await asyncio.wait_for(execute_task(task, self.context), timeout_s)
+        except TimeoutError:
+            return TaskResult(
+                task_id=task.task_id,
+                run_id=task.run_id,
+                node_id=task.node_id,
+                scope=task.scope,
+                attempt=task.attempt,
+                status="failed",
+                error=f"{task.node_id} ({task.node_title}): task timed out after {timeout_s:g} s",
+                error_type="TimeoutError",
+                elapsed_s=timeout_s,
+            )
+
+
+def run(settings: Settings, *, queues: list[str], prefetch: int) -> None:
+    configure_logging("worker")
+    serve_metrics(settings.metrics_port)
+    worker = Worker(settings, queues=queues, prefetch=prefetch)
+    run_until_signalled(worker.async_run)

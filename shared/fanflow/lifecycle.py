@@ -1,0 +1,35 @@
+"""Process plumbing shared by the long-running services: signals, metrics endpoint, logging."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import start_http_server
+
+
+def configure_logging(name: str) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def serve_metrics(port: int | None) -> None:
+    """Expose /metrics on `port` (worker and aggregator; the trigger serves its own)."""
+    if port:
+        start_http_server(port)
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `main(stop)` on a new event loop; SIGTERM or SIGINT sets `stop` (then it drains)."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())

@@ -1,0 +1,251 @@
+"""Runs held in the store, advanced by the pure scheduler, one transaction per step batch.
+
+Trigger (start, stop), aggregator (results, dead letters, deadlines) all go through here:
+load state, `Scheduler.step`, record items and node executions, write the outbox, save —
+all in the run's transaction. Publishing happens after commit (`fanflow.mesh.relay`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fanflow.dsl import load_workflow
+from fanflow.metrics import RUN_DURATION, RUNS_FINISHED, RUNS_STARTED
+from fanflow.runtime import RunRequest, prepare_run
+from fanflow.scheduler import (
+    CancelTasks,
+    CollectItems,
+    Command,
+    DispatchTask,
+    Emit,
+    Event,
+    ItemOutcome,
+    ItemsCollected,
+    Limits,
+    RecordItem,
+    RunFinished,
+    RunState,
+    Scheduler,
+    StartTimer,
+    dump_state,
+    load_state,
+)
+from fanflow.store import AppRecord, OutboxMessage, RunTransaction, Store
+from fanflow.topology import Topology
+from fanflow.workflow import Workflow
+
+KIND_TASK, KIND_EVENT, KIND_CONTROL = "task", "event", "control"
+FINISHED = frozenset({"succeeded", "partial-succeeded", "failed", "stopped"})
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """An event for one run, with the id of the message that carried it (for dedupe)."""
+
+    event: Event
+    message_id: str | None = None
+
+
+def event_body(run_id: str, event: str, data: dict[str, Any], *, at: float) -> bytes:
+    return json.dumps(
+        {"run_id": run_id, "event": event, "data": data, "at": at}, ensure_ascii=False, default=str
+    ).encode()
+
+
+def control_body(**fields: Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+class WorkflowCache:
+    """Parsed workflows per app; an app's DSL never changes after registration."""
+
+    def __init__(self) -> None:
+        self._by_app: dict[str, Workflow] = {}
+
+    def get(self, app: AppRecord) -> Workflow:
+        workflow = self._by_app.get(app.id)
+        if workflow is None:
+            workflow = load_workflow(f"app {app.id}", text=app.dsl)
+            self._by_app[app.id] = workflow
+        return workflow
+
+
+class RunDriver:
+    """Starts runs and applies events to them, in the store, with the pure scheduler."""
+
+    def __init__(self, store: Store, topology: Topology, *, limits: Limits) -> None:
+        self.store = store
+        self.topology = topology
+        self.limits = limits
+        self.workflows = WorkflowCache()
+
+    async def start_run(self, app: AppRecord, run_id: str, request: RunRequest) -> list[int]:
+        """Create the run and its first fan-out. Raises `InputsInvalid` before writing."""
+        workflow = self.workflows.get(app)
+        now = time.time()
+        setup = prepare_run(workflow, _with_ids(request, app), run_id=run_id, now_s=now)
+        scheduler = Scheduler(workflow, limits=self.limits)
+        state, commands = scheduler.start(
+            run_id,
+            inputs=setup.inputs,
+            system=setup.system,
+            environment=setup.environment,
+            conversation=setup.conversation,
+            conversation_types=setup.conversation_types,
+        )
+        RUNS_STARTED.labels(workflow.mode).inc()
+        async with self.store.creating_run(
+            run_id, app.id, inputs=setup.inputs, state=dump_state(state), user=request.user
+        ) as tx:
+            return await self._finish_step(tx, scheduler, state, commands, created_at=now)
+
+    async def apply(self, app: AppRecord, run_id: str, envelopes: Sequence[Envelope]) -> list[int]:
+        """Apply events to a run in one transaction; returns the outbox ids to publish."""
+        scheduler = Scheduler(self.workflows.get(app), limits=self.limits)
+        async with self.store.run_transaction(run_id) as tx:
+            if tx.status in FINISHED:
+                for envelope in envelopes:
+                    if envelope.message_id:
+                        await tx.seen(envelope.message_id)
+                return []
+            state = load_state(tx.state())
+            commands: list[Command] = []
+            for envelope in envelopes:
+                if envelope.message_id and await tx.seen(envelope.message_id):
+                    continue
+                state, more = scheduler.step(state, envelope.event)
+                state, more = await self._resolve_collections(tx, scheduler, state, more)
+                commands.extend(more)
+            return await self._finish_step(tx, scheduler, state, commands)
+
+    async def _resolve_collections(
+        self, tx: RunTransaction, scheduler: Scheduler, state: RunState, commands: list[Command]
+    ) -> tuple[RunState, list[Command]]:
+        """Record items and answer every `CollectItems` from the store, in this transaction."""
+        done: list[Command] = []
+        queue = list(commands)
+        while queue:
+            command = queue.pop(0)
+            if isinstance(command, RecordItem):
+                await tx.record_item(
+                    command.iteration, command.index, command.value, command.removed
+                )
+            elif isinstance(command, CollectItems):
+                stored = await tx.collect_items(command.iteration)
+                outcomes = tuple(ItemOutcome(i.index, i.value, i.removed) for i in stored)
+                state, more = scheduler.step(state, ItemsCollected(command.iteration, outcomes))
+                queue[0:0] = more
+            else:
+                done.append(command)
+        return state, done
+
+    async def _finish_step(
+        self,
+        tx: RunTransaction,
+        scheduler: Scheduler,
+        state: RunState,
+        commands: list[Command],
+        *,
+        created_at: float | None = None,
+    ) -> list[int]:
+        state, commands = await self._resolve_collections(tx, scheduler, state, commands)
+        now = time.time()
+        outbox: list[OutboxMessage] = []
+        finished: RunFinished | None = None
+        for command in commands:
+            if isinstance(command, DispatchTask):
+                outbox.append(self._task_message(command))
+            elif isinstance(command, Emit):
+                outbox.append(self._event_message(state.run_id, command, now))
+                await self._record_node(tx, command, now)
+            elif isinstance(command, CancelTasks):
+                outbox.append(
+                    OutboxMessage(
+                        kind=KIND_CONTROL,
+                        routing="",
+                        body=control_body(stop_run=command.run_id),
+                        message_id=f"stop:{command.run_id}",
+                    )
+                )
+            elif isinstance(command, RunFinished):
+                finished = command
+            elif isinstance(command, StartTimer):
+                pass  # the deadline is swept from the run's creation time (see aggregator)
+        started = created_at if created_at is not None else tx.created_at
+        await tx.save(
+            dump_state(state),
+            status=state.status,
+            outputs=state.outputs if finished else None,
+            error=state.error,
+            total_steps=state.steps,
+            total_tokens=state.total_tokens,
+            exceptions_count=state.exceptions_count,
+            finished_at=now if finished else None,
+            elapsed_time=(now - started) if finished else None,
+        )
+        if finished is not None:
+            RUNS_FINISHED.labels(finished.status).inc()
+            RUN_DURATION.observe(now - started)
+        return await tx.add_outbox(outbox) if outbox else []
+
+    def _task_message(self, command: DispatchTask) -> OutboxMessage:
+        task = command.task
+        return OutboxMessage(
+            kind=KIND_TASK,
+            routing=self.topology.class_for(task.node_type),
+            body=task.encode(),
+            message_id=self.topology.task_message_id(task),
+            headers=self.topology.task_headers(task),
+            delay_ms=command.delay_ms,
+        )
+
+    @staticmethod
+    def _event_message(run_id: str, emit: Emit, now: float) -> OutboxMessage:
+        data = emit.data
+        key = f"{data.get('scope', '')}/{data.get('node_id', '')}/{data.get('index', '')}"
+        return OutboxMessage(
+            kind=KIND_EVENT,
+            routing=f"run.{run_id}.{emit.event}",
+            body=event_body(run_id, emit.event, data, at=now),
+            message_id=f"event:{run_id}:{emit.event}:{key}",
+        )
+
+    @staticmethod
+    async def _record_node(tx: RunTransaction, emit: Emit, now: float) -> None:
+        data = emit.data
+        if emit.event == "node_started":
+            await tx.upsert_node_execution(
+                node_id=data["node_id"],
+                node_type=data["node_type"],
+                title=data.get("title", ""),
+                scope=data.get("scope", ""),
+                status="running",
+                started_at=now,
+            )
+        elif emit.event == "node_finished":
+            await tx.upsert_node_execution(
+                node_id=data["node_id"],
+                node_type=data["node_type"],
+                title=data.get("title", ""),
+                scope=data.get("scope", ""),
+                status=data.get("status", "succeeded"),
+                outputs=data.get("outputs"),
+                error=data.get("error"),
+                attempts=int(data.get("attempt", 0)) + 1,
+                finished_at=now,
+            )
+
+
+def _with_ids(request: RunRequest, app: AppRecord) -> RunRequest:
+    return replace(request, app_id=app.id, workflow_id=app.id)
+
+
+def group_by_run(items: Iterable[tuple[str, Envelope]]) -> dict[str, list[Envelope]]:
+    grouped: dict[str, list[Envelope]] = {}
+    for run_id, envelope in items:
+        grouped.setdefault(run_id, []).append(envelope)
+    return grouped

@@ -1,0 +1,44 @@
+"""Every Prometheus metric fanflow exports: the only module that defines them.
+
+Names carry the `fanflow_` prefix and base units; no run ids in labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RUNS_STARTED = Counter("fanflow_runs_started_total", "Runs created.", ["app_mode"])
+RUNS_FINISHED = Counter("fanflow_runs_finished_total", "Runs that ended, by status.", ["status"])
+RUN_DURATION = Histogram(
+    "fanflow_run_duration_seconds",
+    "Wall time from run creation to its end.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200),
+)
+NODE_EXECUTIONS = Counter(
+    "fanflow_node_executions_total",
+    "Task node attempts executed by workers.",
+    ["node_type", "status"],
+)
+NODE_DURATION = Histogram(
+    "fanflow_node_duration_seconds", "Time a worker spent executing a task.", ["node_type"]
+)
+QUEUE_WAIT = Histogram(
+    "fanflow_task_queue_wait_seconds",
+    "From a task's publication to a worker picking it up.",
+    ["node_class"],
+)
+TASKS_IN_FLIGHT = Gauge(
+    "fanflow_worker_tasks_in_flight", "Tasks a worker is executing.", ["node_class"]
+)
+RESULTS_APPLIED = Counter(
+    "fanflow_results_applied_total", "Task results applied to runs by aggregators.", ["outcome"]
+)
+AGGREGATOR_BATCH = Histogram(
+    "fanflow_aggregator_batch_size",
+    "Results per aggregator batch.",
+    buckets=(1, 2, 5, 10, 20, 50, 100),
+)
+OUTBOX_PUBLISHED = Counter("fanflow_outbox_published_total", "Outbox messages relayed.", ["kind"])
+HTTP_REQUESTS = Counter(
+    "fanflow_http_requests_total", "Trigger API requests.", ["route", "method", "status"]
+)

@@ -1,0 +1,254 @@
+"""Per-node-type checks of the fields the engine reads from `node.data`, no more.
+
+`fanflow.validate` calls `check_node_fields` for each node of a supported type and puts the
+node's id and title on every message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fanflow.workflow import Node
+
+__all__ = ["check_node_fields"]
+
+_Problems = list[str]
+_CODE_OUTPUT_TYPES = frozenset(
+    {"string", "number", "boolean", "object"}
+    | {f"array[{t}]" for t in ("string", "number", "object", "boolean")}
+)
+
+
+def check_node_fields(node: Node) -> list[str]:
+    """What is wrong with the fields the engine reads from `node.data` (empty: fine)."""
+    problems: _Problems = []
+    check = _FIELD_CHECKS.get(node.type)
+    if check is not None:
+        check(node.data, problems)
+    return problems
+
+
+def _is_selector(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) >= 2
+        and all(isinstance(part, str) and part for part in value)
+    )
+
+
+def _need_selector(data: Mapping[str, Any], field: str, problems: _Problems) -> None:
+    if not _is_selector(data.get(field)):
+        problems.append(f"{field} must be a selector like [node_id, name], got {data.get(field)!r}")
+
+
+def _need_text(data: Mapping[str, Any], field: str, problems: _Problems) -> None:
+    if not isinstance(data.get(field), str):
+        problems.append(f"{field} must be text, got {data.get(field)!r}")
+
+
+def _need_choice(
+    data: Mapping[str, Any], field: str, choices: tuple[Any, ...], problems: _Problems
+) -> None:
+    """`field` absent or null means the default; otherwise it must be one of `choices`."""
+    value = data.get(field)
+    if value is not None and value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        problems.append(f"{field} must be one of {allowed}, got {value!r}")
+
+
+def _entries(data: Mapping[str, Any], field: str, problems: _Problems) -> list[Mapping[str, Any]]:
+    """The mappings of list field `field` (absent: none); anything else is reported."""
+    value = data.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.append(f"{field} must be a list, got {type(value).__name__}")
+        return []
+    good = [item for item in value if isinstance(item, Mapping)]
+    if len(good) != len(value):
+        problems.append(f"{field} must hold mappings only")
+    return good
+
+
+def _check_bindings(data: Mapping[str, Any], problems: _Problems, field: str = "variables") -> None:
+    for i, item in enumerate(_entries(data, field, problems)):
+        where = f"{field}[{i}]"
+        if not isinstance(item.get("variable"), str) or not item["variable"]:
+            problems.append(f"{where}.variable must be a name, got {item.get('variable')!r}")
+        if not _is_selector(item.get("value_selector")):
+            problems.append(
+                f"{where}.value_selector must be a selector, got {item.get('value_selector')!r}"
+            )
+
+
+def _check_conditions(conditions: list[Mapping[str, Any]], where: str, problems: _Problems) -> None:
+    for i, condition in enumerate(conditions):
+        if not _is_selector(condition.get("variable_selector")):
+            problems.append(f"{where}[{i}].variable_selector must be a selector")
+        if not isinstance(condition.get("comparison_operator"), str):
+            problems.append(f"{where}[{i}].comparison_operator must be text")
+
+
+def _start(data: Mapping[str, Any], problems: _Problems) -> None:
+    names = [item.get("variable") for item in _entries(data, "variables", problems)]
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            problems.append(f"variables[{i}].variable must be a name, got {name!r}")
+        elif names.index(name) != i:
+            problems.append(f"start input {name!r} is declared twice")
+
+
+def _end(data: Mapping[str, Any], problems: _Problems) -> None:
+    _check_bindings(data, problems, "outputs")
+
+
+def _code(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_choice(data, "code_language", ("python3", "javascript"), problems)
+    _need_text(data, "code", problems)
+    _check_bindings(data, problems)
+    outputs = data.get("outputs")
+    if outputs is None:
+        return
+    if not isinstance(outputs, Mapping):
+        problems.append(
+            f"outputs must be a mapping of name to {{type}}, got {type(outputs).__name__}"
+        )
+        return
+    for name, spec in outputs.items():
+        kind = spec.get("type") if isinstance(spec, Mapping) else None
+        if kind not in _CODE_OUTPUT_TYPES:
+            problems.append(
+                f"outputs.{name}.type must be one of {sorted(_CODE_OUTPUT_TYPES)}, got {kind!r}"
+            )
+
+
+def _template(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_text(data, "template", problems)
+    _check_bindings(data, problems)
+
+
+def _answer(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_text(data, "answer", problems)
+
+
+def _if_else(data: Mapping[str, Any], problems: _Problems) -> None:
+    if data.get("cases") is None:  # legacy single case "true"
+        _need_choice(data, "logical_operator", ("and", "or"), problems)
+        _check_conditions(_entries(data, "conditions", problems), "conditions", problems)
+        return
+    for i, case in enumerate(_entries(data, "cases", problems)):
+        if not isinstance(case.get("case_id"), str) or not case["case_id"]:
+            problems.append(f"cases[{i}].case_id must be text, got {case.get('case_id')!r}")
+        _need_choice(case, "logical_operator", ("and", "or"), problems)
+        _check_conditions(
+            _entries(case, "conditions", problems), f"cases[{i}].conditions", problems
+        )
+
+
+def _iteration(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_selector(data, "iterator_selector", problems)
+    if data.get("output_selector") not in (None, []):
+        _need_selector(data, "output_selector", problems)
+    parallel_nums = data.get("parallel_nums")
+    if parallel_nums is not None and (
+        not isinstance(parallel_nums, int) or isinstance(parallel_nums, bool) or parallel_nums < 1
+    ):
+        problems.append(f"parallel_nums must be a positive whole number, got {parallel_nums!r}")
+    _need_choice(data, "is_parallel", (True, False), problems)
+    _need_choice(data, "flatten_output", (True, False), problems)
+    modes = ("terminated", "continue-on-error", "remove-abnormal-output")
+    _need_choice(data, "error_handle_mode", modes, problems)
+
+
+def _loop(data: Mapping[str, Any], problems: _Problems) -> None:
+    count = data.get("loop_count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        problems.append(f"loop_count must be a whole number >= 0, got {count!r}")
+    _need_choice(data, "logical_operator", ("and", "or"), problems)
+    _check_conditions(_entries(data, "break_conditions", problems), "break_conditions", problems)
+    for i, item in enumerate(_entries(data, "loop_variables", problems)):
+        if not isinstance(item.get("label"), str) or not item["label"]:
+            problems.append(f"loop_variables[{i}].label must be a name, got {item.get('label')!r}")
+        _need_choice(item, "value_type", ("constant", "variable"), problems)
+        if item.get("value_type") == "variable" and not _is_selector(item.get("value")):
+            problems.append(
+                f"loop_variables[{i}].value must be a selector, got {item.get('value')!r}"
+            )
+
+
+def _aggregator(data: Mapping[str, Any], problems: _Problems) -> None:
+    lists = [("variables", data.get("variables"))]
+    settings = data.get("advanced_settings")
+    if isinstance(settings, Mapping) and settings.get("group_enabled"):
+        for i, group in enumerate(_entries(settings, "groups", problems)):
+            lists.append((f"advanced_settings.groups[{i}].variables", group.get("variables")))
+    for where, selectors in lists:
+        if selectors is not None and (
+            not isinstance(selectors, list) or not all(_is_selector(s) for s in selectors)
+        ):
+            problems.append(f"{where} must be a list of selectors, got {selectors!r}")
+
+
+def _assigner(data: Mapping[str, Any], problems: _Problems) -> None:
+    if str(data.get("version") or "1") != "2":
+        _need_selector(data, "assigned_variable_selector", problems)
+        _need_choice(data, "write_mode", ("over-write", "append", "clear"), problems)
+        if data.get("write_mode") != "clear":
+            _need_selector(data, "input_variable_selector", problems)
+        return
+    for i, item in enumerate(_entries(data, "items", problems)):
+        if not _is_selector(item.get("variable_selector")):
+            problems.append(f"items[{i}].variable_selector must be a selector")
+        if not isinstance(item.get("operation"), str):
+            problems.append(f"items[{i}].operation must be text, got {item.get('operation')!r}")
+        if item.get("input_type") == "variable" and not _is_selector(item.get("value")):
+            problems.append(f"items[{i}].value must be a selector, got {item.get('value')!r}")
+
+
+def _list_operator(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_selector(data, "variable", problems)
+
+
+def _http(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_text(data, "method", problems)
+    _need_text(data, "url", problems)
+
+
+def _llm(data: Mapping[str, Any], problems: _Problems) -> None:
+    if not isinstance(data.get("model"), Mapping):
+        problems.append("model must be a mapping {provider, name, ...}")
+    if not isinstance(data.get("prompt_template"), list | Mapping):
+        problems.append("prompt_template must be a list of messages or one {text}")
+
+
+def _parameter_extractor(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_selector(data, "query", problems)
+    _entries(data, "parameters", problems)
+
+
+def _question_classifier(data: Mapping[str, Any], problems: _Problems) -> None:
+    _need_selector(data, "query_variable_selector", problems)
+    for i, item in enumerate(_entries(data, "classes", problems)):
+        if item.get("id") in (None, ""):
+            problems.append(f"classes[{i}].id is missing")
+
+
+_FIELD_CHECKS: dict[str, Callable[[Mapping[str, Any], _Problems], None]] = {
+    "start": _start,
+    "end": _end,
+    "answer": _answer,
+    "code": _code,
+    "template-transform": _template,
+    "if-else": _if_else,
+    "iteration": _iteration,
+    "loop": _loop,
+    "variable-aggregator": _aggregator,
+    "variable-assigner": _aggregator,
+    "assigner": _assigner,
+    "list-operator": _list_operator,
+    "http-request": _http,
+    "llm": _llm,
+    "parameter-extractor": _parameter_extractor,
+    "question-classifier": _question_classifier,
+}

@@ -1,0 +1,48 @@
+"""Settings of every fanflow process, from `FANFLOW_*` environment variables.
+
+One object per process, built at the entry point and passed down.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fanflow.store import DEFAULT_DATABASE_URL
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FANFLOW_", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    #: prefix of every queue and exchange name; lets several deployments share a broker
+    namespace: str = "fanflow"
+    admin_token: str | None = None
+
+    # ---- run limits (Dify: 500 steps, 1200 s; fanflow: configurable) ----
+    max_steps: int = 10_000
+    max_run_seconds: float = 1200.0
+    #: per-app cap on runs in progress; more → 429
+    app_max_active_runs: int = 100
+    #: how long a blocking /workflows/run waits before answering with the run so far
+    blocking_timeout_s: float = 1200.0
+
+    # ---- worker ----
+    worker_queues: str = "llm,http,code"
+    worker_prefetch: int = 8
+    task_timeout_s: float = 300.0
+    code_timeout_s: float = 60.0
+    code_memory_mb: int = 512
+    drain_timeout_s: float = 30.0
+
+    # ---- aggregator ----
+    aggregator_batch_size: int = 50
+    aggregator_batch_wait_s: float = 0.05
+    outbox_sweep_interval_s: float = 1.0
+    deadline_sweep_interval_s: float = 5.0
+
+    # ---- topology ----
+    delivery_limit: int = 5
+
+    metrics_port: int | None = Field(default=None, description="worker/aggregator /metrics port")

@@ -1,0 +1,38 @@
+"""Durable state: apps, API keys, runs, node executions, iteration items, dedupe, outbox.
+
+The only package that talks SQL. Works on PostgreSQL (`postgresql+asyncpg://...`) and
+SQLite (`sqlite+aiosqlite:///path.db`) through the same SQLAlchemy Core code.
+"""
+
+from fanflow.store.migrate import migrate
+from fanflow.store.records import (
+    AppNotFound,
+    AppRecord,
+    NodeExecutionRecord,
+    OutboxMessage,
+    RunExists,
+    RunNotFound,
+    RunRecord,
+    StoredItem,
+    StoreError,
+)
+from fanflow.store.store import DEFAULT_DATABASE_URL, Store, hash_api_key
+from fanflow.store.transaction import RunTransaction, node_execution_id
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "AppNotFound",
+    "AppRecord",
+    "NodeExecutionRecord",
+    "OutboxMessage",
+    "RunExists",
+    "RunNotFound",
+    "RunRecord",
+    "RunTransaction",
+    "Store",
+    "StoreError",
+    "StoredItem",
+    "hash_api_key",
+    "migrate",
+    "node_execution_id",
+]

@@ -1,0 +1,137 @@
+"""The database schema: SQLAlchemy Core tables shared by PostgreSQL and SQLite.
+
+Timestamps are epoch seconds (floats), as Dify's API reports them. Ids are free-form
+strings: run ids are chosen by the trigger, node execution and message ids are derived
+deterministically from the run, scope and node. `migrations/versions` mirrors this file by
+hand; a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY (the rowid alias), not a BIGINT one.
+_SERIAL = BigInteger().with_variant(Integer(), "sqlite")
+
+apps = Table(
+    "apps",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("mode", String(32), nullable=False),
+    Column("dsl", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    # sha256 hex of the whole key; the plaintext is shown once and never stored
+    Column("key_hash", String(64), primary_key=True),
+    Column("app_id", ForeignKey("apps.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("app_id", ForeignKey("apps.id", ondelete="CASCADE"), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("inputs", JSON, nullable=False),
+    Column("outputs", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    # dump_state() bytes; only the run's transaction reads and writes it
+    Column("state", LargeBinary, nullable=False),
+    # "user" is reserved in PostgreSQL
+    Column("end_user", String, nullable=True),
+    Column("total_steps", Integer, nullable=False),
+    Column("total_tokens", BigInteger, nullable=False),
+    Column("exceptions_count", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("elapsed_time", Float, nullable=True),
+    # bumped by every save: lets a reader tell whether a run moved on
+    Column("version", Integer, nullable=False),
+    Index("ix_runs_app_created", "app_id", "created_at"),
+    Index("ix_runs_app_status", "app_id", "status"),
+)
+
+node_executions = Table(
+    "node_executions",
+    metadata,
+    # f"{run_id}/{scope}/{node_id}": one row per node per scope, upserted as events arrive
+    Column("id", String, primary_key=True),
+    Column("run_id", ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("node_id", String, nullable=False),
+    Column("node_type", String(64), nullable=False),
+    Column("title", String, nullable=False),
+    Column("scope", String, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("inputs", JSON, nullable=True),
+    Column("outputs", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("total_tokens", BigInteger, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    # first sighting; orders a run's executions
+    Column("created_at", Float, nullable=False),
+)
+
+iteration_items = Table(
+    "iteration_items",
+    metadata,
+    Column("run_id", ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("iteration", String, primary_key=True),
+    Column("item_index", Integer, primary_key=True),
+    Column("value", JSON, nullable=True),
+    Column("removed", Boolean, nullable=False),
+)
+
+processed_messages = Table(
+    "processed_messages",
+    metadata,
+    Column("message_id", String, primary_key=True),
+    Column("run_id", ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", _SERIAL, primary_key=True, autoincrement=True),
+    # no foreign key: a message may outlive its run's row (e.g. a cancel after a purge)
+    Column("run_id", String, nullable=True, index=True),
+    Column("message_id", String, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("routing", String, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("headers", JSON, nullable=False),
+    Column("delay_ms", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
