@@ -100,6 +100,8 @@ class Worker:
         NODE_EXECUTIONS.labels(task.node_type, result.status).inc()
         assert self._broker is not None
         await self._broker.publish_result(result)
+        if self.settings.fault_duplicate_results:
+            await self._broker.publish_result(result)
         return Disposition.ACK
 
     async def _execute(self, task: NodeTask) -> TaskResult:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fanflow.errors import InputsInvalid, WorkflowInvalid
@@ -19,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 #: iterations at least this long get a progress bar on stderr
@@ -117,7 +118,7 @@ def run(
         finally:
             progress.close()
     except (WorkflowInvalid, InputsInvalid) as exc:
-        _err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        _err.print(Text.assemble(("error:", "red"), " ", str(exc)), highlight=False)
         raise typer.Exit(EXIT_INVALID) from None
     payload = result.as_dict() if as_json else result.outputs
     sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")

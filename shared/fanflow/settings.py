@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     outbox_sweep_interval_s: float = 1.0
     deadline_sweep_interval_s: float = 5.0
 
+    #: fault injection for tests: publish every result twice (at-least-once in the extreme)
+    fault_duplicate_results: bool = False
+
     # ---- topology ----
     delivery_limit: int = 5
 

@@ -27,7 +27,9 @@ class _Builder:
 
 def _task_data(draw: st.DrawFn, upstream: list[str], *, item_of: str | None = None) -> dict:
     refs = draw(st.lists(st.sampled_from(upstream), max_size=2, unique=True)) if upstream else []
-    variables = [{"variable": f"v{i}", "value_selector": [ref, "out"]} for i, ref in enumerate(refs)]
+    variables = [
+        {"variable": f"v{i}", "value_selector": [ref, "out"]} for i, ref in enumerate(refs)
+    ]
     if item_of is not None:
         variables.append({"variable": "item", "value_selector": [item_of, "item"]})
     return {
@@ -90,11 +92,17 @@ def _loop(draw: st.DrawFn, b: _Builder, node_id: str) -> None:
         "loop",
         {
             "loop_count": draw(st.integers(0, 4)),
-            "loop_variables": [{"label": "i", "var_type": "number", "value_type": "constant", "value": "0"}],
+            "loop_variables": [
+                {"label": "i", "var_type": "number", "value_type": "constant", "value": "0"}
+            ],
             "break_conditions": [
-                {"variable_selector": [node_id, "i"], "comparison_operator": "≥",
-                 "value": str(draw(st.integers(0, 5))), "varType": "number"}
-            ],  # fmt: skip
+                {
+                    "variable_selector": [node_id, "i"],
+                    "comparison_operator": "≥",
+                    "value": str(draw(st.integers(0, 5))),
+                    "varType": "number",
+                }
+            ],
             "logical_operator": "and",
             "start_node_id": start,
         },
@@ -103,8 +111,17 @@ def _loop(draw: st.DrawFn, b: _Builder, node_id: str) -> None:
     b.add(
         assign,
         "assigner",
-        {"version": "2", "items": [{"variable_selector": [node_id, "i"], "input_type": "constant",
-                                    "operation": "+=", "value": 1}]},  # fmt: skip
+        {
+            "version": "2",
+            "items": [
+                {
+                    "variable_selector": [node_id, "i"],
+                    "input_type": "constant",
+                    "operation": "+=",
+                    "value": 1,
+                }
+            ],
+        },
         parent_id=node_id,
     )
     data = _task_data(draw, [])
@@ -139,13 +156,28 @@ def workflows(draw: st.DrawFn, *, max_nodes: int = 10) -> Workflow:
                 new_sources.append((node_id, "fail-branch"))
         elif kind == "branch":
             if upstream:
-                condition = {"variable_selector": [draw(st.sampled_from(upstream)), "out"],
-                             "comparison_operator": ">", "value": "500", "varType": "number"}
+                condition = {
+                    "variable_selector": [draw(st.sampled_from(upstream)), "out"],
+                    "comparison_operator": ">",
+                    "value": "500",
+                    "varType": "number",
+                }
             else:
-                condition = {"variable_selector": ["sys", "user_id"],
-                             "comparison_operator": "contains", "value": "u", "varType": "string"}
-            b.add(node_id, "if-else", {"cases": [{"case_id": "true", "logical_operator": "and",
-                                                  "conditions": [condition]}]})  # fmt: skip
+                condition = {
+                    "variable_selector": ["sys", "user_id"],
+                    "comparison_operator": "contains",
+                    "value": "u",
+                    "varType": "string",
+                }
+            b.add(
+                node_id,
+                "if-else",
+                {
+                    "cases": [
+                        {"case_id": "true", "logical_operator": "and", "conditions": [condition]}
+                    ]
+                },
+            )
             new_sources = [(node_id, "true"), (node_id, "false")]
         elif kind == "iteration":
             _iteration(draw, b, node_id, draw(st.sampled_from(upstream)), None)
@@ -170,8 +202,10 @@ def workflows(draw: st.DrawFn, *, max_nodes: int = 10) -> Workflow:
     b.add("end", "end", {"outputs": outputs})
     targets = {e.source for e in b.edges}
     for node_id, node in b.nodes.items():
-        if node.parent_id is None and node_id not in ("end",) and (
-            node_id not in targets or node.type == "if-else"
+        if (
+            node.parent_id is None
+            and node_id not in ("end",)
+            and (node_id not in targets or node.type == "if-else")
         ):
             b.link(node_id, "end", "false" if node.type == "if-else" else "source")
     return b.build()

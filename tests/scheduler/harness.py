@@ -37,10 +37,17 @@ def fake_execute(task: NodeTask) -> TaskResult:
     failing = task.attempt < int(task.data.get("fail_attempts", 0)) or (
         item is not None and item in task.data.get("fail_items", ())
     )
-    base = dict(task_id=task.task_id, run_id=task.run_id, node_id=task.node_id,
-                scope=task.scope, attempt=task.attempt)  # fmt: skip
+    base = dict(
+        task_id=task.task_id,
+        run_id=task.run_id,
+        node_id=task.node_id,
+        scope=task.scope,
+        attempt=task.attempt,
+    )
     if failing:
-        return TaskResult(**base, status="failed", error=f"{task.node_id} failed", error_type="Fake")
+        return TaskResult(
+            **base, status="failed", error=f"{task.node_id} failed", error_type="Fake"
+        )
     digest = hashlib.sha256(json.dumps([task.node_id, values], sort_keys=True).encode()).digest()
     out = int.from_bytes(digest[:2], "big") % 1000
     size = int(task.data.get("emit_items", 0))
@@ -96,7 +103,9 @@ def simulate(
                 )
             elif isinstance(command, CollectItems):
                 got = items.pop(command.iteration, {})
-                pending.append(ItemsCollected(command.iteration, tuple(got[i] for i in sorted(got))))
+                pending.append(
+                    ItemsCollected(command.iteration, tuple(got[i] for i in sorted(got)))
+                )
             elif isinstance(command, Emit) and command.event == "node_finished":
                 nodes_done.append((command.data["scope"], command.data["node_id"]))
             elif isinstance(command, RunFinished):

@@ -17,7 +17,9 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 
 @SETTINGS
 @given(workflow=workflows(), data=st.data())
-def test_any_order_and_duplicates_give_the_same_run(workflow: Workflow, data: st.DataObject) -> None:
+def test_any_order_and_duplicates_give_the_same_run(
+    workflow: Workflow, data: st.DataObject
+) -> None:
     assert validate_workflow(workflow) == []
     reference = simulate(workflow)
     shuffled = simulate(
