@@ -137,6 +137,9 @@ def _parse_node(
     retry = _parse_retry(data.get("retry_config"), report)
     if node_type not in RETRYABLE_NODE_TYPES:
         retry = RetryConfig()  # Dify only retries the node kinds that call out or run code
+    extension = data.get("fanflow")
+    if isinstance(extension, Mapping) and extension.get("retry") is not None:
+        retry = _parse_fanflow_retry(extension["retry"], report)
     node = Node(
         id=node_id,
         type=node_type,
@@ -278,6 +281,57 @@ def _parse_retry(raw: Any, report: Callable[[str], None]) -> RetryConfig:
         return RetryConfig(max_retries=0, retry_interval_ms=numbers["retry_interval"])
     return RetryConfig(
         max_retries=numbers["max_retries"], retry_interval_ms=numbers["retry_interval"]
+    )
+
+
+#: failure kinds a `fanflow.retry.on` list may name -> `TaskResult.reason`
+RETRY_ON_NAMES = {
+    "timeout": "timeout",
+    "connect": "connect",
+    "5xx": "status_5xx",
+    "429": "status_429",
+    "4xx": "status_4xx",
+    "format": "format",
+    "error": "error",
+}
+
+
+def _parse_fanflow_retry(raw: Any, report: Callable[[str], None]) -> RetryConfig:
+    """`fanflow: {retry: {max_retries, initial_interval_ms, multiplier, max_interval_ms,
+    jitter, on: [timeout, 5xx, 429, format, connect, 4xx, error]}}`."""
+    if not isinstance(raw, Mapping):
+        report(f"fanflow.retry must be a mapping, got {type(raw).__name__}")
+        return RetryConfig()
+    numbers: dict[str, float] = {}
+    for field, default in (
+        ("max_retries", 3),
+        ("initial_interval_ms", 1000),
+        ("multiplier", 2),
+        ("max_interval_ms", 60_000),
+    ):
+        value = raw.get(field, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            report(f"fanflow.retry.{field} must be a number >= 0, got {value!r}")
+            value = default
+        numbers[field] = value
+    retry_on: frozenset[str] | None = None
+    # YAML 1.1 reads a bare `on:` key as the boolean true
+    names = raw.get("on", raw.get(True, raw.get("retry_on")))
+    if names is not None:
+        if not isinstance(names, list) or any(n not in RETRY_ON_NAMES for n in map(str, names)):
+            report(
+                f"fanflow.retry.on must be a list of {', '.join(RETRY_ON_NAMES)}, got {names!r}"
+            )
+        else:
+            retry_on = frozenset(RETRY_ON_NAMES[str(n)] for n in names)
+    return RetryConfig(
+        max_retries=int(numbers["max_retries"]),
+        retry_interval_ms=int(numbers["initial_interval_ms"]),
+        multiplier=float(numbers["multiplier"]),
+        max_interval_ms=int(numbers["max_interval_ms"]),
+        jitter=bool(raw.get("jitter", True)),
+        retry_on=retry_on,
+        extended=True,
     )
 
 

@@ -81,6 +81,9 @@ class TaskResult(_Message):
     error_type: str | None = None
     #: failures worth another attempt (timeouts, 5xx, 429); the node's retry_config decides
     retryable: bool = True
+    #: why it failed, for `fanflow.retry.on`: timeout, connect, status_5xx, status_429,
+    #: status_4xx, format, breaker_open, ssrf, invalid; None for other node errors
+    reason: str | None = None
     retry_after_ms: int | None = None
     elapsed_s: float = 0.0
     total_tokens: int = 0

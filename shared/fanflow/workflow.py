@@ -5,6 +5,7 @@ The DSL loader (`fanflow.dsl`) builds it from a Dify export; the scheduler only 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -41,12 +42,36 @@ RETRYABLE_NODE_TYPES = frozenset({"llm", "code", "http-request", "tool"})
 
 @dataclass(frozen=True)
 class RetryConfig:
+    """Dify's `retry_config` (a constant interval), or fanflow's `fanflow.retry` extension:
+    exponential backoff with a cap and jitter, limited to some failure reasons."""
+
     max_retries: int = 0
     retry_interval_ms: int = 0
+    multiplier: float = 1.0
+    max_interval_ms: int | None = None
+    jitter: bool = False
+    #: failure reasons worth a retry (see `TaskResult.reason`); None: every retryable failure
+    retry_on: frozenset[str] | None = None
+    #: from the `fanflow:` extension: applies to every task node type, not only Dify's
+    extended: bool = False
 
     @property
     def enabled(self) -> bool:
         return self.max_retries > 0
+
+    def allows(self, reason: str | None) -> bool:
+        return self.retry_on is None or (reason or "error") in self.retry_on
+
+    def delay_ms(self, attempt: int, *, key: str) -> int:
+        """Wait before retry number `attempt + 1`; the jitter is derived from `key`, so the
+        scheduler stays deterministic."""
+        delay = self.retry_interval_ms * (self.multiplier**attempt)
+        if self.max_interval_ms is not None:
+            delay = min(delay, self.max_interval_ms)
+        if self.jitter:
+            fraction = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+            delay = delay / 2 + fraction * delay / 2
+        return int(delay)
 
 
 @dataclass(frozen=True)

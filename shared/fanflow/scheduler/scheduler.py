@@ -276,10 +276,13 @@ class _Step:
         retry = node.retry
         if (
             result.retryable
-            and node.type in RETRYABLE_NODE_TYPES
+            and (node.type in RETRYABLE_NODE_TYPES or retry.extended)
             and result.attempt < retry.max_retries
+            and retry.allows(result.reason)
         ):
-            delay_ms = max(retry.retry_interval_ms, result.retry_after_ms or 0)
+            delay_ms = max(
+                retry.delay_ms(result.attempt, key=result.task_id), result.retry_after_ms or 0
+            )
             self.emit("node_retry", scope, node, error=error, retry_index=result.attempt + 1)
             self.dispatch(scope, node, attempt=result.attempt + 1, delay_ms=delay_ms)
             return
