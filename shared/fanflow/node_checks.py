@@ -202,7 +202,12 @@ def _assigner(data: Mapping[str, Any], problems: _Problems) -> None:
             problems.append(f"items[{i}].variable_selector must be a selector")
         if not isinstance(item.get("operation"), str):
             problems.append(f"items[{i}].operation must be text, got {item.get('operation')!r}")
-        if item.get("input_type") == "variable" and not _is_selector(item.get("value")):
+        needs_input = item.get("operation") not in ("clear", "remove-first", "remove-last")
+        if (
+            needs_input
+            and item.get("input_type") == "variable"
+            and not _is_selector(item.get("value"))
+        ):
             problems.append(f"items[{i}].value must be a selector, got {item.get('value')!r}")
 
 

@@ -18,9 +18,9 @@ Lookup = Callable[[Sequence[str]], Any]
 #: System, environment and conversation selectors start with these instead of a node id.
 RESERVED_PREFIXES = frozenset({"sys", "env", "conversation"})
 
-_REFERENCE = re.compile(
-    r"\{\{#([a-zA-Z0-9_\-]{1,80}(?:\.[a-zA-Z0-9_\-\u4e00-\u9fff]{1,80}){1,10})#\}\}"
-)
+# Dify's shape: a node id (or sys/env/conversation), then 1-10 identifier segments;
+# anything else (digit-first, hyphens, CJK) stays literal text
+_REFERENCE = re.compile(r"\{\{#([a-zA-Z0-9_]{1,50}(?:\.[a-zA-Z_][a-zA-Z0-9_]{0,29}){1,10})#\}\}")
 
 
 def iter_references(text: str) -> Iterator[Selector]:
@@ -64,11 +64,20 @@ def to_markdown(value: Any) -> str:
 
 
 def render(text: str, lookup: Lookup, *, markdown: bool = False) -> str:
-    """Replace every `{{#node.var#}}` in `text` with the text of its value (missing: empty)."""
+    """Replace every `{{#node.var#}}` in `text` with the text of its value.
+
+    A variable that does not exist reads as its dotted name (`node.var`), as in Dify; one
+    that exists with no value reads as nothing.
+    """
     convert = to_markdown if markdown else to_text
-    return _REFERENCE.sub(
-        lambda m: convert(resolve_or_none(lookup, m.group(1).split("."))), text or ""
-    )
+
+    def replace(match: re.Match[str]) -> str:
+        try:
+            return convert(lookup(match.group(1).split(".")))
+        except KeyError:
+            return match.group(1)
+
+    return _REFERENCE.sub(replace, text or "")
 
 
 def walk_path(value: Any, path: Sequence[str]) -> Any:

@@ -73,7 +73,18 @@ def _window(node: Node) -> int:
 
 
 def _start_iteration(step: _Step, scope: Scope, node: Node) -> None:
-    items = _iteration_items(step, scope.key, node)
+    selector = node.data.get("iterator_selector") or []
+    try:
+        items = step.lookup(scope.key)(selector)
+    except KeyError:
+        # absent (its producer was skipped or never ran) fails; a present null is empty
+        step.node_failed(
+            scope,
+            node,
+            f"iterator variable {list(selector)} of {node.label()} not found",
+            "IteratorVariableNotFoundError",
+        )
+        return
     if items is None:
         items = []
     if not isinstance(items, list):
@@ -81,7 +92,7 @@ def _start_iteration(step: _Step, scope: Scope, node: Node) -> None:
             scope,
             node,
             f"iterator_selector of {node.label()} must be an array, got {type(items).__name__}",
-            "IteratorVariableNotFoundError",
+            "InvalidIteratorValueError",
         )
         return
     step.emit("iteration_started", scope, node, count=len(items))
@@ -194,7 +205,17 @@ def _start_loop(step: _Step, scope: Scope, node: Node) -> None:
         frame.types[label] = str(variable.get("var_type") or "string")
         value = variable.get("value")
         if variable.get("value_type") == "variable":
-            value = resolve_or_none(lookup, value or [])
+            try:
+                value = lookup(value or [])
+            except KeyError:
+                step.node_failed(
+                    scope,
+                    node,
+                    f"Invalid value for loop variable {label}: {value!r} of {node.label()} "
+                    "does not exist",
+                    "LoopVariableError",
+                )
+                return
         else:
             value = _constant(frame.types[label], value)
         frame.variables[label] = value
@@ -221,6 +242,16 @@ def _start_loop(step: _Step, scope: Scope, node: Node) -> None:
 
 
 def _constant(var_type: str, value: Any) -> Any:
+    """A constant loop variable's first value, read as Dify reads it: an array of numbers,
+    strings or objects takes a non-empty JSON string (anything else starts empty); other
+    types decode a JSON string only when they are not strings themselves."""
+    if var_type in ("array[number]", "array[string]", "array[object]"):
+        if isinstance(value, str) and value:
+            try:
+                return json.loads(value)
+            except ValueError:
+                return []
+        return []
     if isinstance(value, str) and var_type != "string":
         try:
             return json.loads(value)
