@@ -355,6 +355,7 @@ class _Step:
         state.error = error
         if status in (FAILED, STOPPED):
             self.out.append(CancelTasks(state.run_id))
+            self._close_running_nodes(STOPPED if status == STOPPED else NODE_FAILED, error)
         outputs = dict(state.outputs) if status in (SUCCEEDED, PARTIAL) else {}
         if state.answer is not None and status in (SUCCEEDED, PARTIAL):
             outputs.setdefault("answer", state.answer)
@@ -374,6 +375,21 @@ class _Step:
             )
         )
         self.out.append(RunFinished(status=status, outputs=outputs, error=error))
+
+    def _close_running_nodes(self, status: str, error: str | None) -> None:
+        """Nodes cut off by the run's end finish too (innermost first), so no log shows a
+        node running in a finished run."""
+        for scope in sorted(self.state.scopes.values(), key=lambda s: -s.key.count("/")):
+            for node_id, record in scope.nodes.items():
+                if record.status == NODE_RUNNING:
+                    record.status = status
+                    self.emit(
+                        "node_finished",
+                        scope,
+                        self.workflow.nodes[node_id],
+                        status=status,
+                        error=error,
+                    )
 
     def emit(self, event: str, scope: Scope, node: Node, **data: Any) -> None:
         payload: dict[str, Any] = {
