@@ -19,9 +19,15 @@ def fanflow_run(fixture: Path, inputs: dict, query: str | None, tmp_path: Path) 
     inputs_file = tmp_path / "inputs.json"
     inputs_file.write_text(json.dumps(inputs), encoding="utf-8")
     command = [
-        sys.executable, "-m", "fanflow.cli", "run", str(fixture),
-        "--inputs-file", str(inputs_file), "--json",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "fanflow.cli",
+        "run",
+        str(fixture),
+        "--inputs-file",
+        str(inputs_file),
+        "--json",
+    ]
     if query is not None:
         command += ["--query", query]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)

@@ -1,0 +1,232 @@
+"""Dify's Service API for workflow apps, under /v1 (`Authorization: Bearer <app key>`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fanflow_services.trigger import payloads
+from fanflow_services.trigger.bodies import read_json_object
+from fanflow_services.trigger.context import Trigger, get_trigger
+from fanflow_services.trigger.errors import ApiError, invalid_param, not_found, unauthorized
+from fanflow_services.trigger.streams import RECHECK_S, RunWatch, Shutdown
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from fanflow.errors import InputsInvalid
+from fanflow.mesh.driver import FINISHED, Envelope
+from fanflow.runtime import RunRequest
+from fanflow.scheduler import StopRequested
+from fanflow.scheduler.state import FINISHED_STATUSES, RUNNING
+from fanflow.store import AppRecord, RunRecord
+
+log = logging.getLogger("fanflow.trigger")
+router = APIRouter(prefix="/v1", tags=["Service API"])
+
+#: keep-alive comment interval of an SSE stream (Dify: 10 s)
+PING_INTERVAL_S = 10.0
+_LOG_STATUSES = frozenset({RUNNING, *FINISHED_STATUSES})
+
+TriggerDep = Annotated[Trigger, Depends(get_trigger)]
+
+
+async def app_for_key(request: Request, trigger: TriggerDep) -> AppRecord:
+    """The app of the request's `Authorization: Bearer <key>`; 401 otherwise."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise unauthorized("Authorization header must be provided and start with 'Bearer'")
+    app = await trigger.store.app_for_key(key.strip())
+    if app is None:
+        raise unauthorized("Access token is invalid")
+    return app
+
+
+AppDep = Annotated[AppRecord, Depends(app_for_key)]
+
+
+class RunBody(BaseModel):
+    """`WorkflowExecutionRequest`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: dict[str, Any]
+    response_mode: Literal["blocking", "streaming"] = "blocking"
+    user: str
+    files: list[dict[str, Any]] | None = None
+
+
+def _parse_run_body(raw: dict[str, Any]) -> RunBody:
+    try:
+        return RunBody.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise invalid_param(f"{field}: {first['msg']}") from None
+
+
+async def _own_run(trigger: Trigger, app: AppRecord, run_id: str) -> RunRecord:
+    run = await trigger.store.get_run(run_id)
+    if run is None or run.app_id != app.id:
+        raise not_found("Workflow run not found.")
+    return run
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    # bodies are read by hand (size cap, then Dify's error shapes): document them here
+    schema = {"application/json": {"schema": model.model_json_schema()}}
+    return {"requestBody": {"required": True, "content": schema}}
+
+
+@router.post("/workflows/run", summary="Run Workflow", openapi_extra=_json_body(RunBody))
+async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> Any:
+    """Start a run; answer when it ends (`blocking`) or stream its events (`streaming`).
+
+    Checks in order: the key (401), the app's runs in progress (429), the body's size (413),
+    the body and the inputs (400).
+    """
+    settings = trigger.settings
+    if trigger.events.shutting_down:
+        raise ApiError(503, "service_unavailable", "the trigger is shutting down; retry")
+    if await trigger.store.count_running(app.id) >= settings.app_max_active_runs:
+        raise ApiError(
+            429,
+            "too_many_requests",
+            f"Too many requests: the app has {settings.app_max_active_runs} run(s) in progress "
+            "already. Please try again later.",
+        )
+    body = _parse_run_body(await read_json_object(request, trigger.max_request_bytes))
+    run_id = str(uuid.uuid4())
+    streaming = body.response_mode == "streaming"
+    # bound before the run starts: its first events are published by this very request
+    watch = await trigger.events.watch(run_id, stream=streaming)
+    try:
+        await trigger.driver.start_run(
+            app,
+            run_id,
+            RunRequest(inputs=body.inputs, user=body.user, files=tuple(body.files or ())),
+        )
+    except InputsInvalid as exc:
+        watch.close()
+        raise invalid_param(str(exc)) from None
+    except BaseException:
+        watch.close()
+        raise
+    await trigger.publish(run_id)
+    if streaming:
+        return StreamingResponse(
+            _stream(trigger, watch, app),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    try:
+        await _wait_finished(trigger, watch, settings.blocking_timeout_s)
+    finally:
+        watch.close()
+    run = await trigger.store.get_run(run_id)
+    assert run is not None  # created above; runs are never deleted
+    return payloads.blocking_response(run)
+
+
+async def _wait_finished(trigger: Trigger, watch: RunWatch, timeout_s: float) -> None:
+    """Until the run's `workflow_finished` event resolves the watch, or `timeout_s`.
+
+    Every RECHECK_S without the event the store is read once: a safety net for an event
+    lost while the subscription reconnected.
+    """
+    loop_time = asyncio.get_running_loop().time
+    deadline = loop_time() + timeout_s
+    while (left := deadline - loop_time()) > 0:
+        if await watch.wait_finished(min(left, RECHECK_S)) is not None:
+            return
+        if trigger.events.shutting_down:
+            return
+        run = await trigger.store.get_run(watch.run_id)
+        if run is not None and run.status in FINISHED:
+            return
+
+
+async def _stream(trigger: Trigger, watch: RunWatch, app: AppRecord) -> AsyncIterator[bytes]:
+    formatter = payloads.StreamFormatter(watch.run_id, workflow_id=app.id)
+    try:
+        while True:
+            event = await watch.next(PING_INTERVAL_S)
+            if isinstance(event, Shutdown):
+                yield payloads.sse(
+                    formatter.error(
+                        503,
+                        "service_unavailable",
+                        "the trigger is shutting down; the run goes on: "
+                        f"GET /v1/workflows/run/{watch.run_id}",
+                    )
+                )
+                return
+            if event is None:  # quiet for a ping interval: keep alive, and the safety net
+                run = await trigger.store.get_run(watch.run_id)
+                if run is not None and run.status in FINISHED:
+                    yield payloads.sse(formatter.finished(run))
+                    return
+                yield payloads.PING
+                continue
+            if not formatter.is_new(event):
+                continue
+            if event.name == payloads.WORKFLOW_FINISHED:
+                run = await trigger.store.get_run(watch.run_id)
+                assert run is not None
+                yield payloads.sse(formatter.finished(run))
+                return
+            yield payloads.sse(formatter.convert(event))
+    except Exception as exc:
+        log.exception("streaming run %s failed", watch.run_id)
+        yield payloads.sse(formatter.error(500, "internal_server_error", str(exc)))
+    finally:
+        watch.close()
+
+
+@router.get("/workflows/run/{workflow_run_id}", summary="Get Workflow Run Detail")
+async def run_detail(workflow_run_id: str, app: AppDep, trigger: TriggerDep) -> dict[str, Any]:
+    return payloads.run_detail(await _own_run(trigger, app, workflow_run_id))
+
+
+class StopBody(BaseModel):
+    user: str
+
+
+@router.post(
+    "/workflows/tasks/{task_id}/stop",
+    summary="Stop Workflow Task",
+    openapi_extra=_json_body(StopBody),
+)
+async def stop_task(
+    task_id: str, request: Request, app: AppDep, trigger: TriggerDep
+) -> dict[str, str]:
+    """Stop a run (the task id is the run id). Stopping a finished run is a no-op."""
+    raw = await read_json_object(request, trigger.max_request_bytes)
+    if not isinstance(raw.get("user"), str) or not raw["user"]:
+        raise invalid_param("user: Arg user must be provided.")
+    run = await _own_run(trigger, app, task_id)
+    if run.status not in FINISHED:
+        await trigger.driver.apply(app, run.id, [Envelope(StopRequested())])
+        await trigger.publish(run.id)
+    return {"result": "success"}
+
+
+@router.get("/workflows/logs", summary="List Workflow Logs")
+async def workflow_logs(
+    app: AppDep,
+    trigger: TriggerDep,
+    keyword: str | None = None,
+    status: str | None = None,
+    page: Annotated[int, Query(ge=1, le=99999)] = 1,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    """The app's runs, newest first; `keyword` matches run id, user, inputs and outputs."""
+    if status is not None and status not in _LOG_STATUSES:
+        raise invalid_param(f"status: expected one of {', '.join(sorted(_LOG_STATUSES))}")
+    runs, total = await trigger.store.list_runs(
+        app.id, status=status, keyword=keyword or None, page=page, limit=limit
+    )
+    return payloads.logs_page(runs, total, app, page=page, limit=limit)

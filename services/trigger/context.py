@@ -1,0 +1,73 @@
+"""What the trigger's routes share for the life of the process: store, broker, driver, relay,
+the one event subscription."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fanflow_services.trigger.streams import RunEvents
+from fastapi import Request
+
+from fanflow.amqp import AmqpBroker, BrokerError
+from fanflow.mesh.driver import RunDriver
+from fanflow.mesh.relay import OutboxRelay
+from fanflow.scheduler import Limits
+from fanflow.settings import Settings
+from fanflow.store import Store
+from fanflow.topology import Topology
+
+log = logging.getLogger("fanflow.trigger")
+
+
+@dataclass
+class Trigger:
+    settings: Settings
+    store: Store
+    broker: AmqpBroker
+    driver: RunDriver
+    relay: OutboxRelay
+    events: RunEvents
+    max_request_bytes: int
+
+    async def publish(self, run_id: str) -> None:
+        """Relay the run's committed outbox now. On a broker failure the rows stay, and an
+        aggregator's outbox sweep publishes them: the run is committed, so it goes on."""
+        try:
+            await self.relay.publish_run(run_id)
+        except BrokerError as exc:
+            log.warning("run %s: publishing deferred to the outbox sweep: %s", run_id, exc)
+
+
+@contextlib.asynccontextmanager
+async def open_trigger(settings: Settings, *, max_request_bytes: int) -> AsyncIterator[Trigger]:
+    """Open the store (migrating it), connect and declare the topology, subscribe to events."""
+    topology = Topology(namespace=settings.namespace, delivery_limit=settings.delivery_limit)
+    limits = Limits(max_steps=settings.max_steps, max_run_seconds=settings.max_run_seconds)
+    async with contextlib.AsyncExitStack() as stack:
+        store = await Store.open(settings.database_url)
+        stack.push_async_callback(store.close)
+        broker = AmqpBroker(settings.amqp_url, topology=topology, connection_name="fanflow-trigger")
+        await broker.connect()
+        stack.push_async_callback(broker.close)
+        await broker.declare()
+        events = RunEvents(await broker.subscribe_events())
+        events.start()
+        stack.push_async_callback(events.close)
+        yield Trigger(
+            settings=settings,
+            store=store,
+            broker=broker,
+            driver=RunDriver(store, topology, limits=limits),
+            relay=OutboxRelay(store, broker),
+            events=events,
+            max_request_bytes=max_request_bytes,
+        )
+
+
+def get_trigger(request: Request) -> Trigger:
+    """FastAPI dependency: the process's Trigger (set by the lifespan)."""
+    trigger: Trigger = request.app.state.trigger
+    return trigger

@@ -1,0 +1,50 @@
+"""Operations endpoints: `/healthz` (database, broker, event subscription) and `/metrics`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Annotated, Any
+
+from fanflow_services.trigger.context import Trigger, get_trigger
+from fanflow_services.trigger.errors import error_body
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+router = APIRouter(tags=["Operations"])
+#: how long one health probe may take before it counts as down
+PROBE_TIMEOUT_S = 3.0
+
+TriggerDep = Annotated[Trigger, Depends(get_trigger)]
+
+
+async def _probe(check: Awaitable[Any]) -> str:
+    try:
+        await asyncio.wait_for(check, PROBE_TIMEOUT_S)
+    except TimeoutError:
+        return f"no answer within {PROBE_TIMEOUT_S:g} s"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
+
+
+@router.get("/healthz", summary="Health check")
+async def healthz(trigger: TriggerDep) -> JSONResponse:
+    """200 when the database answers, the broker answers and events flow; else 503."""
+    checks = {
+        # any query proves the connection; the store is the only module that speaks SQL
+        "database": await _probe(trigger.store.get_app("healthz")),
+        "broker": await _probe(trigger.broker.message_count(trigger.broker.topology.results_queue)),
+        "events": "ok" if trigger.events.alive else "the event subscription ended",
+    }
+    if all(v == "ok" for v in checks.values()):
+        return JSONResponse({"status": "ok", "checks": checks})
+    down = ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
+    body = error_body(503, "service_unavailable", f"unhealthy: {down}", checks=checks)
+    return JSONResponse(body, status_code=503)
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

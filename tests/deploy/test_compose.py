@@ -1,0 +1,375 @@
+"""docker-compose.yml, the Dockerfiles, Prometheus and Grafana config, checked statically.
+
+There is no Docker engine in CI: what can go wrong without running a container is checked
+here — commands that `fanflow` does not have, settings that do not exist, files a build or
+a mount needs, scrape targets on the wrong port, dashboard queries on unknown metrics.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+import fanflow.metrics
+from fanflow.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "fanflow.json"
+FANFLOW_SERVICES = ("trigger", "aggregator", "worker")
+COMMON_ENV = {
+    "FANFLOW_DATABASE_URL": "postgresql+asyncpg://fanflow:fanflow@postgres:5432/fanflow",
+    "FANFLOW_AMQP_URL": "amqp://guest:guest@rabbitmq:5672/",
+    "FANFLOW_ADMIN_TOKEN": "${FANFLOW_ADMIN_TOKEN:-change-me}",
+}
+#: series Prometheus itself adds to every target
+PROMETHEUS_SERIES = {"up"}
+
+
+def _compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    return loaded
+
+
+def _services() -> dict[str, Any]:
+    services: dict[str, Any] = _compose()["services"]
+    return services
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"bad duration {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _fanflow(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb")
+    return subprocess.run(
+        [sys.executable, "-m", "fanflow.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_mesh_is_all_there() -> None:
+    services = _services()
+    expected = {"rabbitmq", "postgres", *FANFLOW_SERVICES, "prometheus", "grafana"}
+    assert expected <= set(services), f"missing: {sorted(expected - set(services))}"
+    assert services["rabbitmq"]["image"].startswith("rabbitmq:3.13-management")
+    assert services["postgres"]["image"].startswith("postgres:16")
+
+
+@pytest.mark.parametrize("name", FANFLOW_SERVICES)
+def test_command_is_a_fanflow_subcommand(name: str) -> None:
+    command = _services()[name]["command"]
+    argv = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+    assert argv[0] == "fanflow", f"{name}: command {argv} does not run fanflow"
+    done = _fanflow(argv[1], "--help")
+    assert done.returncode == 0, f"{name}: `fanflow {argv[1]} --help` failed:\n{done.stderr}"
+    for option in (a.split("=", 1)[0] for a in argv[2:] if a.startswith("--")):
+        assert option in done.stdout, f"{name}: `fanflow {argv[1]}` has no option {option}"
+
+
+@pytest.mark.parametrize("name", FANFLOW_SERVICES)
+def test_service_shape(name: str) -> None:
+    service = _services()[name]
+    env = _env(service)
+    for key, value in COMMON_ENV.items():
+        assert env.get(key) == value, f"{name}: environment {key} should be {value!r}"
+    assert service.get("restart") == "unless-stopped", f"{name}: restart: unless-stopped"
+    assert "stop_grace_period" in service, f"{name}: no stop_grace_period"
+    grace_s = _seconds(str(service["stop_grace_period"]))
+    if "FANFLOW_DRAIN_TIMEOUT_S" in env or name == "worker":
+        drain_s = float(env.get("FANFLOW_DRAIN_TIMEOUT_S", Settings().drain_timeout_s))
+        assert grace_s > drain_s, (
+            f"{name}: stop_grace_period {grace_s:g}s must exceed the drain timeout "
+            f"{drain_s:g}s, or Docker kills it mid-drain"
+        )
+    depends = service.get("depends_on")
+    assert isinstance(depends, dict) and "rabbitmq" in depends, f"{name}: depends_on rabbitmq"
+    wanted = {"rabbitmq"} if name == "worker" else {"rabbitmq", "postgres"}
+    for dependency in wanted:
+        condition = (depends.get(dependency) or {}).get("condition")
+        assert condition == "service_healthy", (
+            f"{name}: depends_on {dependency} needs condition: service_healthy"
+        )
+
+
+def test_every_fanflow_variable_is_a_setting() -> None:
+    fields = {f"FANFLOW_{name.upper()}" for name in Settings.model_fields}
+    used: dict[str, str] = {}
+    for name, service in _services().items():
+        for key in _env(service):
+            if key.startswith("FANFLOW_"):
+                used[key] = f"docker-compose.yml service {name}"
+    for key in re.findall(r"\$\{(FANFLOW_\w+)", COMPOSE.read_text(encoding="utf-8")):
+        used.setdefault(key, "docker-compose.yml interpolation")
+    for dockerfile in _dockerfiles().values():
+        if not dockerfile.exists():
+            continue  # test_dockerfile says so
+        for key in re.findall(r"\b(FANFLOW_\w+)=", dockerfile.read_text(encoding="utf-8")):
+            used.setdefault(key, str(dockerfile.relative_to(ROOT)))
+    unknown = {key: where for key, where in used.items() if key not in fields}
+    assert not unknown, f"not fields of fanflow.settings.Settings: {unknown}"
+
+
+@pytest.mark.parametrize("name", FANFLOW_SERVICES)
+def test_environment_values_parse_as_settings(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("FANFLOW_"):
+            monkeypatch.delenv(key)
+    for key, value in _env(_services()[name]).items():
+        monkeypatch.setenv(key, re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value))
+    Settings()  # raises on a value of the wrong type
+
+
+def test_worker_is_scalable() -> None:
+    worker = _services()["worker"]
+    assert "container_name" not in worker, "a container_name stops `--scale worker=N`"
+    assert "ports" not in worker, "fixed host ports stop `--scale worker=N`; use expose"
+
+
+@pytest.mark.parametrize(
+    ("name", "probe"),
+    [("rabbitmq", "rabbitmq-diagnostics"), ("postgres", "pg_isready"), ("trigger", "/healthz")],
+)
+def test_healthchecks(name: str, probe: str) -> None:
+    test = _services()[name].get("healthcheck", {}).get("test")
+    assert test, f"{name}: no healthcheck"
+    assert probe in " ".join(test if isinstance(test, list) else [test]), test
+    if name == "trigger":
+        assert "curl" not in str(test) and "wget" not in str(test), "slim images lack curl/wget"
+
+
+def _dockerfiles() -> dict[str, Path]:
+    found = {}
+    for name, service in _services().items():
+        build = service.get("build")
+        if isinstance(build, dict):
+            context = ROOT / build.get("context", ".")
+            found[name] = context / build.get("dockerfile", "Dockerfile")
+    return found
+
+
+def _dockerignore() -> list[str]:
+    path = ROOT / ".dockerignore"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", dockerfile.read_text(encoding="utf-8"))
+    rows = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            keyword, _, rest = line.strip().partition(" ")
+            rows.append((keyword.upper(), rest.strip()))
+    return rows
+
+
+@pytest.mark.parametrize("name", FANFLOW_SERVICES)
+def test_dockerfile(name: str) -> None:
+    dockerfile = _dockerfiles().get(name)
+    assert dockerfile is not None, f"{name}: no build.dockerfile"
+    assert dockerfile.exists(), f"{name}: {dockerfile.relative_to(ROOT)} does not exist"
+    context = ROOT / _services()[name]["build"].get("context", ".")
+    ignored = _dockerignore()
+    instructions = _instructions(dockerfile)
+    for keyword, rest in instructions:
+        if keyword not in ("COPY", "ADD"):
+            continue
+        args = json.loads(rest) if rest.startswith("[") else shlex.split(rest)
+        sources = [a for a in args if not a.startswith("--")][:-1]
+        if any(a.startswith("--from") for a in args):
+            continue  # from another stage
+        for source in sources:
+            assert (context / source).exists(), f"{dockerfile.name}: COPY {source}: no such file"
+            path = source.removeprefix("./").rstrip("/")
+            hits = [p for p in ignored if fnmatch.fnmatch(path, p.removeprefix("/").rstrip("/"))]
+            assert not hits, f"{dockerfile.name}: COPY {source} is excluded by .dockerignore"
+    keywords = {k for k, _ in instructions}
+    users = [rest for k, rest in instructions if k == "USER"]
+    assert users and users[-1] not in ("root", "0"), f"{dockerfile.name}: run as a non-root USER"
+    assert "CMD" in keywords or "ENTRYPOINT" in keywords, f"{dockerfile.name}: no CMD"
+    cmd = next(rest for k, rest in reversed(instructions) if k in ("CMD", "ENTRYPOINT"))
+    argv = json.loads(cmd) if cmd.startswith("[") else shlex.split(cmd)
+    if argv[0] == "fanflow" and len(argv) > 1:
+        assert _fanflow(argv[1], "--help").returncode == 0, f"{dockerfile.name}: CMD {argv}"
+
+
+def test_bind_mounts_exist() -> None:
+    for name, service in _services().items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0] if isinstance(volume, str) else volume["source"]
+            if source.startswith((".", "/")):
+                assert (ROOT / source).exists(), f"{name}: mount source {source} is missing"
+
+
+# ---- Prometheus ----------------------------------------------------------------------
+
+
+def _scrape_jobs() -> dict[str, dict[str, Any]]:
+    config = yaml.safe_load(PROMETHEUS.read_text(encoding="utf-8"))
+    return {job["job_name"]: job for job in config["scrape_configs"]}
+
+
+def test_prometheus_scrapes_every_service_on_its_port() -> None:
+    services = _services()
+    jobs = _scrape_jobs()
+    trigger_command = [str(a) for a in services["trigger"]["command"]]
+    trigger_port = trigger_command[trigger_command.index("--port") + 1]
+    targets = [t for c in jobs["trigger"].get("static_configs", []) for t in c["targets"]]
+    assert targets == [f"trigger:{trigger_port}"], targets
+    for name in ("aggregator", "worker"):
+        metrics_port = int(_env(services[name])["FANFLOW_METRICS_PORT"])
+        discovered = jobs[name].get("dns_sd_configs", [])
+        static = [t for c in jobs[name].get("static_configs", []) for t in c["targets"]]
+        assert any(
+            c["names"] == [name] and c.get("port") == metrics_port for c in discovered
+        ) or static == [f"{name}:{metrics_port}"], (
+            f"job {name}: expected {name}:{metrics_port}, got {jobs[name]}"
+        )
+    # a scaled worker must be found by DNS, not by a fixed target
+    assert any(c.get("type") == "A" for c in jobs["worker"]["dns_sd_configs"])
+    mounts = services["prometheus"]["volumes"]
+    assert any(str(m).startswith("./deploy/prometheus/prometheus.yml:") for m in mounts), mounts
+
+
+def test_promtool_accepts_the_prometheus_config() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail(
+            "promtool not found: install the Debian package `prometheus` "
+            "(apt-get install -y --no-install-recommends prometheus); .ci/run installs it",
+            pytrace=False,
+        )
+    done = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---- Grafana -------------------------------------------------------------------------
+
+#: PromQL words that are not metric names
+_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
+_PROMQL_WORDS |= {"and", "or", "unless", "offset", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names an expression selects (not functions, labels or keywords)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges and subqueries
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])[a-zA-Z_:][\w:]*", text):
+        if text[match.end() :].lstrip().startswith("("):
+            continue  # a function call or an aggregation
+        if match.group().lower() not in _PROMQL_WORDS:
+            names.add(match.group())
+    return names
+
+
+def exported_series() -> set[str]:
+    """Every series name fanflow.metrics exposes (counters `_total`, histograms `_bucket`...)."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("", "_sum", "_count", "_created"),
+        "gauge": ("",),
+    }
+    names = set()
+    for metric in vars(fanflow.metrics).values():
+        if isinstance(metric, MetricWrapperBase):
+            names |= {metric._name + s for s in suffixes.get(str(metric._type), ("",))}
+    return names
+
+
+def test_promql_metric_names_helper() -> None:
+    expr = (
+        'histogram_quantile(0.95, sum by (le, node_type) (rate(a_bucket{x="y z"}[5m]))) '
+        "/ ignoring(q) sum without (w) (b_total offset 1m) > bool 2e3 and on (k) up"
+    )
+    assert promql_metric_names(expr) == {"a_bucket", "b_total", "up"}
+    assert {"fanflow_runs_started_total", "fanflow_node_duration_seconds_bucket"} <= (
+        exported_series()
+    )
+    assert "fanflow_worker_tasks_in_flight" in exported_series()
+
+
+def _dashboard_targets() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    panels = list(dashboard["panels"])
+    for panel in dashboard["panels"]:
+        panels += panel.get("panels", [])  # collapsed rows
+    return [(p["title"], t["expr"]) for p in panels for t in p.get("targets", []) if "expr" in t]
+
+
+def test_dashboard_queries_only_exported_metrics() -> None:
+    known = exported_series() | PROMETHEUS_SERIES
+    targets = _dashboard_targets()
+    assert len(targets) >= 5, "the dashboard has almost no queries"
+    for title, expr in targets:
+        names = promql_metric_names(expr)
+        assert names, f"panel {title!r}: no metric in {expr!r}"
+        unknown = names - known
+        assert not unknown, f"panel {title!r}: {sorted(unknown)} not in fanflow.metrics"
+    used = {n for _, expr in targets for n in promql_metric_names(expr)}
+    unused = {m._name for m in vars(fanflow.metrics).values() if isinstance(m, MetricWrapperBase)}
+    unused = {name for name in unused if not any(u.startswith(name) for u in used)}
+    assert not unused, f"metrics no panel shows: {sorted(unused)}"
+
+
+def test_grafana_provisioning_matches_compose() -> None:
+    grafana = _services()["grafana"]
+    mounts = {
+        source: target
+        for source, target, *_ in (str(m).split(":") for m in grafana["volumes"])
+        if source.startswith("./")
+    }
+    assert mounts.get("./deploy/grafana/provisioning") == "/etc/grafana/provisioning"
+    datasources = yaml.safe_load(
+        (GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text(encoding="utf-8")
+    )["datasources"]
+    uids = {d["uid"] for d in datasources if d["type"] == "prometheus"}
+    assert any(d["url"] == "http://prometheus:9090" for d in datasources)
+    providers = yaml.safe_load(
+        (GRAFANA / "provisioning" / "dashboards" / "fanflow.yml").read_text(encoding="utf-8")
+    )["providers"]
+    assert mounts["./deploy/grafana/dashboards"] in {p["options"]["path"] for p in providers}
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] in uids, f"panel {panel['title']!r}: unknown datasource"
+    env = _env(grafana)
+    assert env.get("GF_AUTH_ANONYMOUS_ENABLED") == "true"
+    assert env.get("GF_AUTH_ANONYMOUS_ORG_ROLE") == "Viewer"
