@@ -205,6 +205,66 @@ def dev(
     raise typer.Exit(run_dev(_settings(), port=port, workers=workers))
 
 
+@app.command("mock-llm")
+def mock_llm(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = 8399,
+    mode: Annotated[
+        str, typer.Option(help="Plain answers: hash (of the messages), echo, or fixed.")
+    ] = "hash",
+    reply: Annotated[str, typer.Option(help="The answer in --mode fixed.")] = "mock reply",
+    replies: Annotated[
+        Path | None, typer.Option(help="Rules (JSON/YAML) answering by model, node or text.")
+    ] = None,
+    latency_ms: Annotated[float, typer.Option(help="Delay before every answer.")] = 0.0,
+    jitter_ms: Annotated[float, typer.Option(help="Extra random delay, up to this.")] = 0.0,
+    error_rate: Annotated[float, typer.Option(help="Share of requests answered 503.")] = 0.0,
+    rate_limit_rate: Annotated[
+        float, typer.Option(help="Share of requests answered 429 with Retry-After.")
+    ] = 0.0,
+    timeout_rate: Annotated[
+        float, typer.Option(help="Share of requests held for --timeout-sleep-s.")
+    ] = 0.0,
+    malformed_rate: Annotated[
+        float, typer.Option(help="Share of requests answered with malformed JSON.")
+    ] = 0.0,
+    retry_after_s: Annotated[float, typer.Option(help="Retry-After of 429 answers.")] = 1.0,
+    timeout_sleep_s: Annotated[
+        float, typer.Option(help="How long a timeout fault holds the answer.")
+    ] = 30.0,
+    seed: Annotated[int, typer.Option(help="Seed of the fault and jitter draws.")] = 0,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require this bearer token (default: any).")
+    ] = None,
+    port_file: Annotated[
+        Path | None, typer.Option(help="Write the bound port here once listening.")
+    ] = None,
+) -> None:
+    """Serve a deterministic OpenAI-compatible chat completions API with injectable faults."""
+    from fanflow.mock_llm import MockOptions, load_replies, serve
+
+    try:
+        options = MockOptions(
+            mode=mode,
+            reply=reply,
+            replies=load_replies(replies) if replies else (),
+            latency_ms=latency_ms,
+            jitter_ms=jitter_ms,
+            error_rate=error_rate,
+            rate_limit_rate=rate_limit_rate,
+            timeout_rate=timeout_rate,
+            malformed_rate=malformed_rate,
+            retry_after_s=retry_after_s,
+            timeout_sleep_s=timeout_sleep_s,
+            seed=seed,
+            api_key=api_key,
+        )
+    except (OSError, ValueError) as exc:
+        _err.print(Text.assemble(("error:", "red"), " ", str(exc)), highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    serve(options, host=host, port=port, port_file=port_file)
+
+
 apps_app = typer.Typer(help="Manage the workflows registered with a trigger.", no_args_is_help=True)
 app.add_typer(apps_app, name="apps")
 

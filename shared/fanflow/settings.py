@@ -5,6 +5,8 @@ One object per process, built at the entry point and passed down.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -35,6 +37,15 @@ class Settings(BaseSettings):
     code_timeout_s: float = 60.0
     code_memory_mb: int = 512
     drain_timeout_s: float = 30.0
+
+    # ---- LLM providers (fanflow.llm.providers) ----
+    #: the OpenAI-compatible base URL (…/v1) of every provider the providers file leaves out
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    #: YAML or JSON: per-provider and per-model base URL, key and model name
+    llm_providers_file: Path | None = None
+    #: one chat completion request, connect to last byte
+    llm_timeout_s: float = 60.0
 
     # ---- aggregator ----
     aggregator_batch_size: int = 50

@@ -46,10 +46,11 @@ async def running_cluster(
     directory: Path,
     *,
     workers: int = 2,
+    aggregators: int = 1,
     worker_env: Mapping[str, str] | None = None,
     aggregator_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Cluster]:
-    """`workers` workers and one aggregator, ready to consume; torn down on exit."""
+    """`workers` workers and `aggregators` aggregators, ready to consume; torn down on exit."""
     _require_port(AMQP_URL, "RabbitMQ")
     with fresh_database(backend, directory) as database_url:
         cluster = await Cluster.open(
@@ -58,7 +59,8 @@ async def running_cluster(
         try:
             for _ in range(workers):
                 cluster.start_worker(**dict(worker_env or {}))
-            cluster.start_aggregator(**dict(aggregator_env or {}))
+            for _ in range(aggregators):
+                cluster.start_aggregator(**dict(aggregator_env or {}))
             await cluster.wait_ready()
             yield cluster
         finally:

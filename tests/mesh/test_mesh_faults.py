@@ -62,10 +62,11 @@ async def assert_exact_run(cluster: Cluster, run_id: str) -> None:
 
 
 async def test_thousand_items_on_two_workers(make_cluster: MakeCluster) -> None:
-    """The baseline, on PostgreSQL (the compose default); the faults run on SQLite (the
+    """The baseline, on PostgreSQL (the compose default), with two aggregators competing
+    for the results (per-run serialization in the database); the faults run on SQLite (the
     worker kill on both)."""
     backend = "postgres"
-    cluster = await make_cluster(backend)
+    cluster = await make_cluster(backend, aggregators=2)
     app = await cluster.register(SQUARES)
     started = time.monotonic()
     run_id = await cluster.start_run(app, {"n": ITEMS})

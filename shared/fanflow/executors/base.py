@@ -34,6 +34,15 @@ class ExecutionContext:
     #: CPU seconds per code run; None leaves only the wall-clock limit
     code_cpu_s: int | None = None
     code_max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    #: breakers and rate limits per upstream (`fanflow.upstreams.Upstreams`); None: unguarded
+    upstreams: Any = None
+    #: the pooled `httpx.AsyncClient` for LLM calls (the worker owns and closes it)
+    http_client: Any = None
+    #: LLM providers (`fanflow.llm.providers.Providers`); None: from the environment
+    llm_providers: Any = None
+    #: SSRF guard opt-outs for the http-request node (tests, private deployments)
+    allow_private_networks: bool = False
+    http_allow_list: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
