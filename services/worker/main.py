@@ -11,9 +11,13 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import replace
+
+import httpx
 
 from fanflow.amqp import AmqpBroker, Disposition
 from fanflow.executors import ExecutionContext, execute_task
+from fanflow.executors.wiring import context_from_settings
 from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
 from fanflow.messages import NodeTask, TaskResult
 from fanflow.metrics import NODE_DURATION, NODE_EXECUTIONS, TASKS_IN_FLIGHT
@@ -33,9 +37,7 @@ class Worker:
         self.topology = Topology(
             namespace=settings.namespace, delivery_limit=settings.delivery_limit
         )
-        self.context = ExecutionContext(
-            code_timeout_s=settings.code_timeout_s, code_memory_mb=settings.code_memory_mb
-        )
+        self.context: ExecutionContext = context_from_settings(settings)
         self._stopped: OrderedDict[str, None] = OrderedDict()
         self._running: dict[str, set[asyncio.Task[TaskResult]]] = {}
         self._broker: AmqpBroker | None = None
@@ -46,9 +48,14 @@ class Worker:
             raise SystemExit(
                 f"unknown queue class(es) {unknown}; known: {', '.join(self.topology.classes)}"
             )
-        async with AmqpBroker(
-            self.settings.amqp_url, topology=self.topology, connection_name="fanflow-worker"
-        ) as broker:
+        async with (
+            httpx.AsyncClient(timeout=self.settings.llm_timeout_s) as http_client,
+            AmqpBroker(
+                self.settings.amqp_url, topology=self.topology, connection_name="fanflow-worker"
+            ) as broker,
+        ):
+            # one pooled client for every LLM call of this process
+            self.context = replace(self.context, http_client=http_client)
             self._broker = broker
             await broker.declare()
             control = await broker.subscribe_control()

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from fanflow.errors import InputsInvalid, WorkflowInvalid
 
@@ -101,6 +101,7 @@ def run(
 ) -> None:
     """Run a workflow in this process and print its outputs as JSON."""
     from fanflow.dsl import load_workflow
+    from fanflow.executors.wiring import context_from_settings
     from fanflow.runner import EmbeddedRunner
     from fanflow.runtime import RunRequest
     from fanflow.scheduler import Limits
@@ -111,6 +112,7 @@ def run(
         progress = _IterationProgress()
         runner = EmbeddedRunner(
             limits=Limits(max_steps=max_steps, max_run_seconds=max_run_seconds),
+            context=context_from_settings(_settings()),
             on_event=progress,
         )
         try:

@@ -319,9 +319,7 @@ def _parse_fanflow_retry(raw: Any, report: Callable[[str], None]) -> RetryConfig
     names = raw.get("on", raw.get(True, raw.get("retry_on")))
     if names is not None:
         if not isinstance(names, list) or any(n not in RETRY_ON_NAMES for n in map(str, names)):
-            report(
-                f"fanflow.retry.on must be a list of {', '.join(RETRY_ON_NAMES)}, got {names!r}"
-            )
+            report(f"fanflow.retry.on must be a list of {', '.join(RETRY_ON_NAMES)}, got {names!r}")
         else:
             retry_on = frozenset(RETRY_ON_NAMES[str(n)] for n in names)
     return RetryConfig(

@@ -42,3 +42,37 @@ OUTBOX_PUBLISHED = Counter("fanflow_outbox_published_total", "Outbox messages re
 HTTP_REQUESTS = Counter(
     "fanflow_http_requests_total", "Trigger API requests.", ["route", "method", "status"]
 )
+
+# ---- external calls (fanflow.upstreams): upstream labels are bounded names, never run ids ----
+UPSTREAM_CALLS = Counter(
+    "fanflow_upstream_calls_total",
+    "Attempts at external calls, by outcome: success, or the failure reason.",
+    ["upstream", "kind", "outcome"],
+)
+UPSTREAM_CALL_DURATION = Histogram(
+    "fanflow_upstream_call_duration_seconds",
+    "Duration of one attempt at an external call (rate-limit waits excluded).",
+    ["upstream", "kind"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+UPSTREAM_RETRIES = Counter(
+    "fanflow_upstream_retries_total",
+    "In-worker retries of external calls, by the reason of the failure retried.",
+    ["upstream", "kind", "reason"],
+)
+RATE_LIMIT_WAIT = Histogram(
+    "fanflow_rate_limit_wait_seconds",
+    "Time an external call waited for its upstream's concurrency slot and rate.",
+    ["upstream", "kind"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+CIRCUIT_BREAKER_STATE = Gauge(
+    "fanflow_circuit_breaker_state",
+    "Circuit breaker of an upstream: 0 closed, 1 half-open, 2 open.",
+    ["upstream"],
+)
+SSRF_REFUSALS = Counter(
+    "fanflow_http_ssrf_refusals_total",
+    "http-request hops refused by the SSRF guard, by the kind of address.",
+    ["category"],
+)

@@ -6,9 +6,10 @@ One object per process, built at the entry point and passed down.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fanflow.store import DEFAULT_DATABASE_URL
 
@@ -47,6 +48,28 @@ class Settings(BaseSettings):
     #: one chat completion request, connect to last byte
     llm_timeout_s: float = 60.0
 
+    # ---- external calls (fanflow.upstreams) and the http-request node (fanflow.ssrf) ----
+    #: let http-request nodes reach loopback, private and link-local addresses (SSRF guard off)
+    http_allow_private_networks: bool = False
+    #: comma-separated CIDRs, addresses and host names (`*.corp.example`) that http-request
+    #: nodes may reach although they are not public
+    http_allow_list: Annotated[tuple[str, ...], NoDecode] = ()
+    #: circuit breaker of every upstream (see fanflow.breaker)
+    breaker_window_size: int = 20
+    breaker_min_calls: int = 10
+    breaker_failure_rate: float = 0.5
+    breaker_slow_call_s: float = 30.0
+    breaker_slow_call_rate: float = 0.8
+    breaker_open_wait_s: float = 30.0
+    breaker_half_open_probes: int = 3
+    breaker_probe_timeout_s: float = 60.0
+    #: YAML or JSON: `{upstream name or glob: {max_concurrency, rps, burst}}`, e.g.
+    #: `openai:gpt-4o: {rps: 5}`, `host:*.example.com: {max_concurrency: 4}`
+    upstream_limits_file: Path | None = None
+    #: limits of the upstreams the file leaves out (per worker process; unset: none)
+    upstream_max_concurrency: int | None = None
+    upstream_rps: float | None = None
+
     # ---- aggregator ----
     aggregator_batch_size: int = 50
     aggregator_batch_wait_s: float = 0.05
@@ -60,3 +83,10 @@ class Settings(BaseSettings):
     delivery_limit: int = 5
 
     metrics_port: int | None = Field(default=None, description="worker/aggregator /metrics port")
+
+    @field_validator("http_allow_list", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(entry.strip() for entry in value.split(",") if entry.strip())
+        return value

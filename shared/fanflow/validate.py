@@ -6,13 +6,13 @@ field checks live in `fanflow.node_checks`; `check_node_fields` is re-exported h
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from graphlib import CycleError, TopologicalSorter
-from typing import Any
 
 from fanflow.errors import Problem
 from fanflow.node_checks import check_node_fields
-from fanflow.variables import Selector, referenced_selectors, selector_key
+from fanflow.node_inputs import node_selectors
+from fanflow.variables import Selector, selector_key
 from fanflow.workflow import SUPPORTED_NODE_TYPES, Node, Workflow
 
 __all__ = ["SYSTEM_VARIABLES", "check_node_fields", "node_selectors", "validate_workflow"]
@@ -285,43 +285,3 @@ def _reference_problem(
     if head in start_inputs and name not in start_inputs[head] and not name.startswith("sys."):
         return f"reference {shown!r} to undeclared start input {name!r}"
     return None
-
-
-def node_selectors(node: Node) -> list[Selector]:
-    """Every selector `node` reads: `referenced_selectors` plus the fields it cannot spot."""
-    found = dict.fromkeys(referenced_selectors(node.data))
-    for selector in _untagged_selectors(node):
-        found.setdefault(selector, None)
-    return list(found)
-
-
-def _untagged_selectors(node: Node) -> Iterator[Selector]:
-    """Selectors kept under keys without 'selector' in their name."""
-    data = node.data
-    candidates: list[Any] = []
-    if node.type in ("variable-aggregator", "variable-assigner"):
-        candidates.extend(data.get("variables") or [])
-        settings = data.get("advanced_settings")
-        if isinstance(settings, Mapping) and settings.get("group_enabled"):
-            for group in settings.get("groups") or []:
-                if isinstance(group, Mapping):
-                    candidates.extend(group.get("variables") or [])
-    elif node.type == "loop":
-        for item in data.get("loop_variables") or []:
-            if isinstance(item, Mapping) and item.get("value_type") == "variable":
-                candidates.append(item.get("value"))
-    elif node.type == "assigner":
-        for item in data.get("items") or []:
-            if isinstance(item, Mapping) and item.get("input_type") == "variable":
-                candidates.append(item.get("value"))
-    elif node.type == "list-operator":
-        candidates.append(data.get("variable"))
-    elif node.type == "parameter-extractor":
-        candidates.append(data.get("query"))
-    for candidate in candidates:
-        if (
-            isinstance(candidate, list)
-            and len(candidate) >= 2
-            and all(isinstance(part, str) and part for part in candidate)
-        ):
-            yield tuple(candidate)

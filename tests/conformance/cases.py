@@ -10,8 +10,8 @@ from typing import Any
 from fanflow.workflow import SUPPORTED_NODE_TYPES, TASK_NODE_TYPES
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "dify" / "fixtures"
-#: task node types with a real executor today; the others need an LLM or HTTP upstream
-EXECUTABLE_TASK_TYPES = frozenset({"code"})
+#: task node types that run for real here; the others need a mocked LLM answer
+EXECUTABLE_TASK_TYPES = frozenset({"code", "http-request"})
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Case:
     expected_status: str
     exact_outputs: bool
     notes: str
+    mocks: dict[str, Any]
 
     @property
     def id(self) -> str:
@@ -45,6 +46,7 @@ def load_cases() -> list[Case]:
                     expected_status=raw["expected_status"],
                     exact_outputs=bool(raw.get("exact_outputs")),
                     notes=raw.get("notes", ""),
+                    mocks=raw.get("mocks") or {},
                 )
             )
     return cases
@@ -70,7 +72,13 @@ def why_not_runnable(case: Case) -> str | None:
         return f"uses unsupported node types {sorted(unsupported)}"
     needs_upstream = (types & TASK_NODE_TYPES) - EXECUTABLE_TASK_TYPES
     if needs_upstream:
-        return f"needs an LLM/HTTP upstream for {sorted(needs_upstream)}"
+        return f"needs a mocked LLM answer for {sorted(needs_upstream)}"
+    if "http-request" in types and (
+        case.mocks.get("mode") != "http_fixture" or case.mocks.get("http") is not None
+    ):
+        # the recorded-response cases answer for https://sample.invalid/..., which no real
+        # client reaches; the cases without a recording expect the request to fail
+        return "needs a recorded HTTP response"
     return None
 
 

@@ -9,6 +9,7 @@ import pytest
 from fanflow.errors import NodeError
 from fanflow.executors import ExecutionContext, ExecutionOutcome, base, execute_task, executor_for
 from fanflow.messages import NodeTask, TaskResult
+from fanflow.workflow import TASK_NODE_TYPES
 
 CONTEXT = ExecutionContext()
 
@@ -121,8 +122,15 @@ async def test_javascript_is_refused() -> None:
     assert result.retryable is False
 
 
+def test_every_task_node_type_has_an_executor() -> None:
+    assert {t for t in TASK_NODE_TYPES if base.executor_for(t) is None} == set()
+
+
 @pytest.mark.parametrize("node_type", ["llm", "http-request", "parameter-extractor"])
-async def test_task_types_without_an_executor_fail_without_retry(node_type: str) -> None:
+async def test_task_types_without_an_executor_fail_without_retry(
+    node_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(base._EXECUTORS, node_type)
     task = NodeTask(
         task_id="t", run_id="r", node_id="n1", node_type=node_type, node_title="Ask", data={}
     )
@@ -166,4 +174,3 @@ async def test_an_executor_bug_becomes_a_failed_result(monkeypatch: pytest.Monke
 
 def test_the_code_executor_is_registered() -> None:
     assert executor_for("code") is not None
-    assert executor_for("llm") is None

@@ -8,6 +8,7 @@ worker shells never see an exception for a node's failure.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 from fanflow.errors import NodeError
 from fanflow.messages import NodeTask, TaskResult
 from fanflow.sandbox import DEFAULT_MAX_OUTPUT_BYTES
+from fanflow.upstreams import UpstreamFailure
 from fanflow.workflow import TASK_NODE_TYPES
 
 logger = logging.getLogger(__name__)
@@ -83,9 +85,10 @@ def node_label(task: NodeTask) -> str:
 async def execute_task(task: NodeTask, context: ExecutionContext) -> TaskResult:
     """Run one task attempt with the executor of its node type; always a `TaskResult`.
 
-    A `NodeError` becomes a failed result with its message and error type; any other
-    exception is a fanflow bug, logged with its traceback and reported as ``InternalError``.
-    Cancellation is not a failure and propagates.
+    A `NodeError` becomes a failed result with its message and error type (an
+    `UpstreamFailure` also gives its reason, whether a retry can help, and the upstream's
+    Retry-After); any other exception is a fanflow bug, logged with its traceback and
+    reported as ``InternalError``. Cancellation is not a failure and propagates.
     """
     started = time.monotonic()
     executor = _EXECUTORS.get(task.node_type)
@@ -93,6 +96,8 @@ async def execute_task(task: NodeTask, context: ExecutionContext) -> TaskResult:
         if executor is None:
             raise NodeError(_unsupported(task), error_type="NotSupportedError")
         outcome = await executor(task, context)
+    except UpstreamFailure as exc:
+        return _upstream_failed(task, exc, started)
     except NodeError as exc:
         return _failed(task, str(exc), exc.error_type, started)
     except Exception as exc:
@@ -133,5 +138,23 @@ def _failed(task: NodeTask, error: str, error_type: str, started: float) -> Task
         error=error,
         error_type=error_type,
         retryable=error_type not in NOT_RETRYABLE_ERROR_TYPES,
+        elapsed_s=time.monotonic() - started,
+    )
+
+
+def _upstream_failed(task: NodeTask, failure: UpstreamFailure, started: float) -> TaskResult:
+    label = node_label(task)
+    message = str(failure)
+    if not message.startswith(label):  # e.g. a breaker's refusal names only the upstream
+        message = f"{label}: {message}"
+    retry_after = failure.retry_after_s
+    return TaskResult(
+        **_identity(task),
+        status="failed",
+        error=message,
+        error_type=failure.error_type,
+        retryable=failure.retryable and failure.error_type not in NOT_RETRYABLE_ERROR_TYPES,
+        reason=failure.reason,
+        retry_after_ms=math.ceil(retry_after * 1000) if retry_after is not None else None,
         elapsed_s=time.monotonic() - started,
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 from fanflow.errors import NodeError
 from fanflow.messages import NodeTask, TaskResult, task_id_for
+from fanflow.node_inputs import node_selectors
 from fanflow.scheduler import containers, inline
 from fanflow.scheduler.lookup import ScopeLookup
 from fanflow.scheduler.protocol import (
@@ -47,7 +48,7 @@ from fanflow.scheduler.state import (
     RunState,
     Scope,
 )
-from fanflow.variables import referenced_selectors, selector_key
+from fanflow.variables import selector_key
 from fanflow.workflow import RETRYABLE_NODE_TYPES, Node, Workflow
 
 
@@ -240,7 +241,10 @@ class _Step:
     def dispatch(self, scope: Scope, node: Node, *, attempt: int, delay_ms: int = 0) -> None:
         lookup = self.lookup(scope.key)
         variables: dict[str, Any] = {}
-        for selector in referenced_selectors(dict(node.data)):
+        selectors = node_selectors(node)
+        if node.type == "llm" and node.data.get("memory"):
+            selectors.append(("sys", "query"))  # memory's first turn: the user's query
+        for selector in selectors:
             try:
                 variables[selector_key(selector)] = lookup(selector)
             except KeyError:

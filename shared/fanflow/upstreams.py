@@ -1,0 +1,326 @@
+"""Every external call goes through `Upstreams.call`: limits, breaker, short retries, metrics.
+
+An upstream is a bounded name (`openai:gpt-4o`, `host:api.example.com`), never a run id.
+Per upstream, one call:
+
+1. fails fast with `UpstreamFailure(reason="breaker_open")` when its breaker is open;
+2. waits for a concurrency slot and its rate (`fanflow_rate_limit_wait_seconds`);
+3. runs `attempt()` — ONE request, which raises `UpstreamFailure` for classified failures —
+   and records the outcome and latency in the breaker and the metrics;
+4. retries in the worker, with tenacity, the failures `RetryPolicy.retry_on` names, after an
+   exponential backoff or the server's Retry-After. A wait longer than
+   `max_in_worker_wait_s` is not slept: the failure goes back to the scheduler
+   (`retryable=True`, `retry_after_s`), which re-queues the task when the node's retry
+   config allows it.
+
+State is per process (see `fanflow.ratelimit`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from fanflow.breaker import CLOSED, HALF_OPEN, OPEN, BreakerConfig, CircuitBreaker
+from fanflow.errors import NodeError
+from fanflow.metrics import (
+    CIRCUIT_BREAKER_STATE,
+    RATE_LIMIT_WAIT,
+    UPSTREAM_CALL_DURATION,
+    UPSTREAM_CALLS,
+    UPSTREAM_RETRIES,
+)
+from fanflow.ratelimit import Limiter, UpstreamLimits, limits_for, load_limits
+
+if TYPE_CHECKING:
+    from fanflow.settings import Settings
+
+T = TypeVar("T")
+
+#: failure reasons that say the upstream is unwell; the breaker counts only these
+BREAKER_FAILURES = frozenset({"timeout", "connect", "status_5xx", "status_429"})
+_STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+#: distinct upstream label values per process; later names share the label "other"
+MAX_UPSTREAM_LABELS = 200
+#: upstreams whose state is kept; the least recently used idle ones are forgotten
+MAX_UPSTREAMS = 1000
+
+
+class UpstreamFailure(NodeError):
+    """A classified failure of one external call.
+
+    `reason`: timeout | connect | status_5xx | status_429 | status_4xx | format |
+    breaker_open | ssrf | invalid. `retryable`: worth another attempt of the node;
+    `retry_after_s`: how long the upstream asked to wait first.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        retryable: bool,
+        retry_after_s: float | None = None,
+        status_code: int | None = None,
+        error_type: str = "UpstreamError",
+    ) -> None:
+        super().__init__(message, error_type=error_type)
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.status_code = status_code
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Short, in-worker retries; longer waits go back to the scheduler."""
+
+    max_attempts: int = 3
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 2.0
+    multiplier: float = 2.0
+    jitter: bool = True
+    retry_on: frozenset[str] = frozenset(
+        {"timeout", "connect", "status_5xx", "status_429", "format"}
+    )
+    #: a longer wait (e.g. Retry-After: 30) is not slept: the failure is raised with
+    #: `retry_after_s` for the scheduler instead
+    max_in_worker_wait_s: float = 5.0
+
+    def backoff_s(self, retry_number: int) -> float:
+        """The wait before retry number `retry_number` (1-based), jittered in [½, 1]."""
+        wait = min(
+            self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (retry_number - 1)
+        )
+        return random.uniform(wait / 2, wait) if self.jitter else wait
+
+    def retries(self, failure: BaseException) -> bool:
+        return (
+            isinstance(failure, UpstreamFailure)
+            and failure.retryable
+            and failure.reason in self.retry_on
+            and (failure.retry_after_s or 0.0) <= self.max_in_worker_wait_s
+        )
+
+
+@dataclass
+class _Upstream:
+    breaker: CircuitBreaker
+    limiter: Limiter
+    label: str
+    in_flight: int = 0
+
+
+class Upstreams:
+    """Per-process breakers and limits, keyed by upstream name ("openai:gpt-4o", "host:api.example.com")."""
+
+    def __init__(
+        self,
+        *,
+        breaker: BreakerConfig | None = None,
+        limits: Mapping[str, UpstreamLimits] | None = None,
+        default_limits: UpstreamLimits | None = None,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.breaker_config = breaker or BreakerConfig()
+        self.limits = dict(limits or {})
+        self.default_limits = default_limits or UpstreamLimits()
+        self.retry = retry or RetryPolicy()
+        self._clock = clock
+        self._sleep = sleep
+        self._upstreams: OrderedDict[str, _Upstream] = OrderedDict()
+        self._labels: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Upstreams:
+        """Breaker defaults and limits from `FANFLOW_BREAKER_*`, `FANFLOW_UPSTREAM_*`."""
+        breaker = BreakerConfig(
+            window_size=settings.breaker_window_size,
+            min_calls=settings.breaker_min_calls,
+            failure_rate=settings.breaker_failure_rate,
+            slow_call_s=settings.breaker_slow_call_s,
+            slow_call_rate=settings.breaker_slow_call_rate,
+            open_wait_s=settings.breaker_open_wait_s,
+            half_open_probes=settings.breaker_half_open_probes,
+            probe_timeout_s=settings.breaker_probe_timeout_s,
+        )
+        limits = load_limits(settings.upstream_limits_file) if settings.upstream_limits_file else {}
+        default = UpstreamLimits(
+            max_concurrency=settings.upstream_max_concurrency, rps=settings.upstream_rps
+        )
+        return cls(breaker=breaker, limits=limits, default_limits=default)
+
+    async def call(
+        self,
+        upstream: str,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        kind: str,
+        retry: RetryPolicy | None = None,
+    ) -> T:
+        """Run `attempt` against `upstream` under its breaker and limits, retrying per
+        `retry` (default: this object's policy). Raises the last `UpstreamFailure`."""
+        policy = retry or self.retry
+        entry = self._entry(upstream)
+
+        def count_retry(state: RetryCallState) -> None:
+            failure = state.outcome.exception() if state.outcome else None
+            reason = getattr(failure, "reason", "error")
+            UPSTREAM_RETRIES.labels(entry.label, kind, reason).inc()
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(max(1, policy.max_attempts)),
+            retry=retry_if_exception(policy.retries),
+            wait=lambda state: _wait_s(state, policy),
+            sleep=self._sleep,
+            before_sleep=count_retry,
+            reraise=True,
+        )
+        entry.in_flight += 1
+        try:
+            result: T = await retrying(self._attempt_once, upstream, entry, attempt, kind)
+            return result
+        finally:
+            entry.in_flight -= 1
+
+    def current_rps(self, upstream: str) -> float | None:
+        """The rate `upstream` is held to now (lowered after a 429), None when unlimited."""
+        entry = self._upstreams.get(upstream)
+        limits = limits_for(upstream, self.limits, self.default_limits)
+        if entry is None or entry.limiter.bucket is None:
+            return limits.rps
+        return entry.limiter.bucket.rps
+
+    def breaker_state(self, upstream: str) -> str:
+        """The state of `upstream`'s breaker: "closed", "open" or "half_open"."""
+        entry = self._upstreams.get(upstream)
+        return entry.breaker.state if entry is not None else CLOSED
+
+    async def _attempt_once(
+        self, upstream: str, entry: _Upstream, attempt: Callable[[], Awaitable[T]], kind: str
+    ) -> T:
+        if entry.breaker.state == OPEN:  # fail fast, before waiting for a slot
+            raise self._refused(upstream, entry, kind)
+        async with entry.limiter.slot() as waited_s:
+            RATE_LIMIT_WAIT.labels(entry.label, kind).observe(waited_s)
+            permit = entry.breaker.acquire()
+            if permit is None:
+                raise self._refused(upstream, entry, kind)
+            started = self._clock()
+            try:
+                result = await attempt()
+            except UpstreamFailure as failure:
+                duration = self._clock() - started
+                entry.breaker.record(
+                    permit, failure=failure.reason in BREAKER_FAILURES, duration_s=duration
+                )
+                if failure.reason == "status_429":
+                    entry.limiter.throttled()
+                self._observe(entry, kind, failure.reason, duration)
+                raise
+            except Exception:
+                entry.breaker.release(permit)
+                self._observe(entry, kind, "error", self._clock() - started)
+                raise
+            except BaseException:  # cancelled: says nothing about the upstream
+                entry.breaker.release(permit)
+                raise
+            duration = self._clock() - started
+            entry.breaker.record(permit, failure=False, duration_s=duration)
+            entry.limiter.succeeded()
+            self._observe(entry, kind, "success", duration)
+            return result
+
+    def _refused(self, upstream: str, entry: _Upstream, kind: str) -> UpstreamFailure:
+        UPSTREAM_CALLS.labels(entry.label, kind, "breaker_open").inc()
+        remaining = entry.breaker.open_remaining_s()
+        when = f"for {remaining:.0f} s more" if remaining else "while its probe calls run"
+        return UpstreamFailure(
+            f"upstream {upstream} is failing: its circuit breaker is open and refuses calls {when}",
+            reason="breaker_open",
+            retryable=False,
+            error_type="CircuitOpenError",
+        )
+
+    def _observe(self, entry: _Upstream, kind: str, outcome: str, duration_s: float) -> None:
+        UPSTREAM_CALLS.labels(entry.label, kind, outcome).inc()
+        UPSTREAM_CALL_DURATION.labels(entry.label, kind).observe(duration_s)
+
+    def _entry(self, upstream: str) -> _Upstream:
+        entry = self._upstreams.get(upstream)
+        if entry is not None:
+            self._upstreams.move_to_end(upstream)
+            return entry
+        label = self._label(upstream)
+        gauge = CIRCUIT_BREAKER_STATE.labels(label)
+        gauge.set(_STATE_VALUES[CLOSED])
+        entry = _Upstream(
+            breaker=CircuitBreaker(
+                self.breaker_config,
+                clock=self._clock,
+                on_change=lambda state: gauge.set(_STATE_VALUES[state]),
+            ),
+            limiter=Limiter(
+                limits_for(upstream, self.limits, self.default_limits),
+                clock=self._clock,
+                sleep=self._sleep,
+            ),
+            label=label,
+        )
+        self._upstreams[upstream] = entry
+        self._forget_idle()
+        return entry
+
+    def _forget_idle(self) -> None:
+        # templated URLs can name endless hosts: keep memory bounded, but never drop an
+        # upstream with calls in flight (its limits hold them) or with an unclosed breaker
+        excess = len(self._upstreams) - MAX_UPSTREAMS
+        for name in list(self._upstreams)[:-1]:  # oldest first, never the newest
+            if excess <= 0:
+                break
+            entry = self._upstreams[name]
+            if entry.in_flight == 0 and entry.breaker.state == CLOSED:
+                del self._upstreams[name]
+                excess -= 1
+
+    def _label(self, upstream: str) -> str:
+        if upstream in self._labels or len(self._labels) < MAX_UPSTREAM_LABELS:
+            self._labels.add(upstream)
+            return upstream
+        return "other"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A Retry-After header (seconds or an HTTP date) as seconds; None when absent or
+    unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _wait_s(state: RetryCallState, policy: RetryPolicy) -> float:
+    failure = state.outcome.exception() if state.outcome else None
+    retry_after = getattr(failure, "retry_after_s", None)
+    if retry_after is not None:
+        return float(retry_after)
+    return min(policy.backoff_s(state.attempt_number), policy.max_in_worker_wait_s)
