@@ -23,6 +23,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 import fanflow.metrics
+from fanflow.mock_llm import MockOptions
 from fanflow.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +32,8 @@ PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "fanflow.json"
 FANFLOW_SERVICES = ("trigger", "aggregator", "worker")
+#: services of `docker compose --profile demo up`, that run `fanflow` too
+DEMO_SERVICES = ("mock-llm",)
 COMMON_ENV = {
     "FANFLOW_DATABASE_URL": "postgresql+asyncpg://fanflow:fanflow@postgres:5432/fanflow",
     "FANFLOW_AMQP_URL": "amqp://guest:guest@rabbitmq:5672/",
@@ -55,6 +58,25 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
     return {str(k): str(v) for k, v in env.items()}
+
+
+def _argv(service: dict[str, Any]) -> list[str]:
+    command = service["command"]
+    return shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+
+
+def _option(argv: list[str], name: str) -> str:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    raise AssertionError(f"{argv}: no {name}")
+
+
+def _default(value: str) -> str:
+    """`${VAR:-default}` → `default` (what compose uses when VAR is unset)."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
 
 
 def _seconds(duration: str) -> float:
@@ -84,10 +106,9 @@ def test_the_mesh_is_all_there() -> None:
     assert services["postgres"]["image"].startswith("postgres:16")
 
 
-@pytest.mark.parametrize("name", FANFLOW_SERVICES)
+@pytest.mark.parametrize("name", FANFLOW_SERVICES + DEMO_SERVICES)
 def test_command_is_a_fanflow_subcommand(name: str) -> None:
-    command = _services()[name]["command"]
-    argv = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+    argv = _argv(_services()[name])
     assert argv[0] == "fanflow", f"{name}: command {argv} does not run fanflow"
     done = _fanflow(argv[1], "--help")
     assert done.returncode == 0, f"{name}: `fanflow {argv[1]} --help` failed:\n{done.stderr}"
@@ -144,8 +165,49 @@ def test_environment_values_parse_as_settings(name: str, monkeypatch: pytest.Mon
         if key.startswith("FANFLOW_"):
             monkeypatch.delenv(key)
     for key, value in _env(_services()[name]).items():
-        monkeypatch.setenv(key, re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value))
+        monkeypatch.setenv(key, _default(value))
     Settings()  # raises on a value of the wrong type
+
+
+def test_demo_profile_runs_the_mock_llm() -> None:
+    services = _services()
+    for name in FANFLOW_SERVICES:
+        assert "profiles" not in services[name], f"{name} must run without a profile"
+    mock = services["mock-llm"]
+    assert mock.get("profiles") == ["demo"], "mock-llm belongs to the `demo` profile only"
+    assert mock.get("build", {}).get("dockerfile") == "services/worker/Dockerfile", (
+        "mock-llm runs the worker's image"
+    )
+    argv = _argv(mock)
+    assert argv[:2] == ["fanflow", "mock-llm"], argv
+    assert _option(argv, "--host") == "0.0.0.0", "mock-llm must listen beyond its container"
+    port = int(_option(argv, "--port"))
+    # every option that is a MockOptions field must give valid options (rates, mode...)
+    defaults = {f: getattr(MockOptions(), f) for f in MockOptions.__dataclass_fields__}
+    given: dict[str, Any] = {}
+    for i, arg in enumerate(argv):
+        field = arg.removeprefix("--").split("=", 1)[0].replace("-", "_")
+        if arg.startswith("--") and field in defaults and defaults[field] is not None:
+            value = arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
+            given[field] = type(defaults[field])(value)
+    try:
+        MockOptions(**given)
+    except ValueError as exc:
+        pytest.fail(f"mock-llm: invalid options {given}: {exc}", pytrace=False)
+    health = " ".join(mock.get("healthcheck", {}).get("test", []))
+    assert f":{port}/health" in health, f"mock-llm healthcheck should probe :{port}/health"
+    worker_env = _env(services["worker"])
+    base_url = worker_env.get("FANFLOW_LLM_BASE_URL", "")
+    assert base_url.startswith("${FANFLOW_LLM_BASE_URL:-"), "let the environment override it"
+    assert _default(base_url) == f"http://mock-llm:{port}/v1", base_url
+    assert _default(worker_env.get("FANFLOW_LLM_API_KEY", "x")) == "", (
+        "the demo needs no API key: FANFLOW_LLM_API_KEY defaults to empty"
+    )
+    for name, service in services.items():
+        if "demo" not in service.get("profiles", []):
+            assert "mock-llm" not in (service.get("depends_on") or {}), (
+                f"{name} depends on mock-llm, which only the `demo` profile starts"
+            )
 
 
 def test_worker_is_scalable() -> None:
@@ -348,6 +410,42 @@ def test_dashboard_queries_only_exported_metrics() -> None:
     unused = {m._name for m in vars(fanflow.metrics).values() if isinstance(m, MetricWrapperBase)}
     unused = {name for name in unused if not any(u.startswith(name) for u in used)}
     assert not unused, f"metrics no panel shows: {sorted(unused)}"
+
+
+#: Grafana's interval variables, and what they become for promtool
+_GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+
+
+def test_dashboard_queries_parse_with_promtool(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail(
+            "promtool not found: install the Debian package `prometheus` "
+            "(apt-get install -y --no-install-recommends prometheus); .ci/run installs it",
+            pytrace=False,
+        )
+    targets = _dashboard_targets()
+    rules = []
+    for i, (title, expr) in enumerate(targets):
+        for variable, value in _GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        assert "$" not in expr, f"panel {title!r}: unknown Grafana variable in {expr!r}"
+        rules.append({"record": f"dashboard:query_{i}", "expr": expr})
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    done = subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = re.sub(
+        r"dashboard:query_(\d+)\b",
+        lambda m: f"{m.group()} (panel {targets[int(m.group(1))][0]!r})",
+        done.stdout + done.stderr,
+    )
+    assert done.returncode == 0, f"promtool rejects a dashboard query:\n{output}"
 
 
 def test_grafana_provisioning_matches_compose() -> None:
