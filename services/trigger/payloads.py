@@ -264,7 +264,7 @@ class StreamFormatter:
                 outputs=data.get("outputs"),
                 status="retry" if name == "node_retry" else data.get("status"),
                 error=data.get("error"),
-                execution_metadata=None,
+                execution_metadata={"total_tokens": data.get("total_tokens", 0)},
                 files=[],
                 **timing,
             )

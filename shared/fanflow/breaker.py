@@ -35,8 +35,8 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True, kw_only=True)
 class BreakerConfig:
-    window_size: int = 20
-    min_calls: int = 10
+    window_size: int = 50
+    min_calls: int = 20
     failure_rate: float = 0.5
     slow_call_s: float = 30.0
     slow_call_rate: float = 0.8

@@ -292,13 +292,14 @@ RETRY_ON_NAMES = {
     "429": "status_429",
     "4xx": "status_4xx",
     "format": "format",
+    "breaker_open": "breaker_open",
     "error": "error",
 }
 
 
 def _parse_fanflow_retry(raw: Any, report: Callable[[str], None]) -> RetryConfig:
     """`fanflow: {retry: {max_retries, initial_interval_ms, multiplier, max_interval_ms,
-    jitter, on: [timeout, 5xx, 429, format, connect, 4xx, error]}}`."""
+    jitter, on: [timeout, 5xx, 429, format, connect, 4xx, breaker_open, error]}}`."""
     if not isinstance(raw, Mapping):
         report(f"fanflow.retry must be a mapping, got {type(raw).__name__}")
         return RetryConfig()

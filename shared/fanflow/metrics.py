@@ -76,3 +76,8 @@ SSRF_REFUSALS = Counter(
     "http-request hops refused by the SSRF guard, by the kind of address.",
     ["category"],
 )
+NODE_RETRIES = Counter(
+    "fanflow_node_retries_total",
+    "Task attempts the scheduler sent again after a failure (delayed through the broker).",
+    ["node_type"],
+)

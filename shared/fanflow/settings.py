@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     #: nodes may reach although they are not public
     http_allow_list: Annotated[tuple[str, ...], NoDecode] = ()
     #: circuit breaker of every upstream (see fanflow.breaker)
-    breaker_window_size: int = 20
-    breaker_min_calls: int = 10
+    breaker_window_size: int = 50
+    breaker_min_calls: int = 20
     breaker_failure_rate: float = 0.5
     breaker_slow_call_s: float = 30.0
     breaker_slow_call_rate: float = 0.8

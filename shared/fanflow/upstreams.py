@@ -46,7 +46,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 #: failure reasons that say the upstream is unwell; the breaker counts only these
-BREAKER_FAILURES = frozenset({"timeout", "connect", "status_5xx", "status_429"})
+#: what counts against a breaker; a 429 does not (the upstream works, it asks us to slow
+#: down, which the rate limiter does), nor does a 4xx or a malformed answer
+BREAKER_FAILURES = frozenset({"timeout", "connect", "status_5xx"})
 _STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 #: distinct upstream label values per process; later names share the label "other"
 MAX_UPSTREAM_LABELS = 200
@@ -245,10 +247,14 @@ class Upstreams:
         UPSTREAM_CALLS.labels(entry.label, kind, "breaker_open").inc()
         remaining = entry.breaker.open_remaining_s()
         when = f"for {remaining:.0f} s more" if remaining else "while its probe calls run"
+        # retryable once the breaker has waited: a node with retries comes back after the
+        # open period (the scheduler delays it, nobody sleeps); a node without retries goes
+        # straight to its error strategy, e.g. a fail-branch to a second model
         return UpstreamFailure(
             f"upstream {upstream} is failing: its circuit breaker is open and refuses calls {when}",
             reason="breaker_open",
-            retryable=False,
+            retryable=True,
+            retry_after_s=remaining or None,
             error_type="CircuitOpenError",
         )
 

@@ -60,7 +60,13 @@ class RetryConfig:
         return self.max_retries > 0
 
     def allows(self, reason: str | None) -> bool:
-        return self.retry_on is None or (reason or "error") in self.retry_on
+        if self.retry_on is None:
+            return True
+        if reason == "breaker_open":
+            # the breaker opened on timeouts, connect errors or 5xx: retrying those means
+            # waiting out the open breaker too
+            return bool(self.retry_on & {"breaker_open", "timeout", "connect", "status_5xx"})
+        return (reason or "error") in self.retry_on
 
     def delay_ms(self, attempt: int, *, key: str) -> int:
         """Wait before retry number `attempt + 1`; the jitter is derived from `key`, so the

@@ -164,11 +164,13 @@ async def test_an_open_breaker_fails_fast_without_calling() -> None:
         await upstreams.call(upstream, attempt, kind="llm")
     assert attempt.calls == 0
     refused = caught.value
+    # retryable once the breaker has waited: the scheduler sends the task again then
     assert (refused.reason, refused.retryable, refused.error_type) == (
         "breaker_open",
-        False,
+        True,
         "CircuitOpenError",
     )
+    assert refused.retry_after_s is not None and 29 < refused.retry_after_s <= 30
     assert upstream in str(refused) and "30 s" in str(refused)
     assert (
         sample(

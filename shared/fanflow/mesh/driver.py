@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fanflow.dsl import load_workflow
-from fanflow.metrics import RUN_DURATION, RUNS_FINISHED, RUNS_STARTED
+from fanflow.metrics import NODE_RETRIES, RUN_DURATION, RUNS_FINISHED, RUNS_STARTED
 from fanflow.runtime import RunRequest, prepare_run
 from fanflow.scheduler import (
     CancelTasks,
@@ -226,6 +226,8 @@ class RunDriver:
                 status="running",
                 started_at=now,
             )
+        elif emit.event == "node_retry":
+            NODE_RETRIES.labels(data["node_type"]).inc()
         elif emit.event == "node_finished":
             await tx.upsert_node_execution(
                 node_id=data["node_id"],
@@ -236,6 +238,7 @@ class RunDriver:
                 outputs=data.get("outputs"),
                 error=data.get("error"),
                 attempts=int(data.get("attempt", 0)) + 1,
+                total_tokens=int(data.get("total_tokens", 0)),
                 finished_at=now,
             )
 

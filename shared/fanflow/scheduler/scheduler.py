@@ -273,8 +273,11 @@ class _Step:
             return  # duplicate or stale delivery
         node = self.workflow.nodes[result.node_id]
         self.state.total_tokens += result.total_tokens
+        tokens = result.total_tokens
         if result.status == "succeeded":
-            self.node_succeeded(scope, node, dict(result.outputs), result.edge_handle)
+            self.node_succeeded(
+                scope, node, dict(result.outputs), result.edge_handle, total_tokens=tokens
+            )
             return
         error = result.error or "node failed"
         retry = node.retry
@@ -290,20 +293,36 @@ class _Step:
             self.emit("node_retry", scope, node, error=error, retry_index=result.attempt + 1)
             self.dispatch(scope, node, attempt=result.attempt + 1, delay_ms=delay_ms)
             return
-        self.node_failed(scope, node, error, result.error_type or "NodeError")
+        self.node_failed(scope, node, error, result.error_type or "NodeError", total_tokens=tokens)
 
     def node_succeeded(
-        self, scope: Scope, node: Node, outputs: dict[str, Any], handle: str | None = None
+        self,
+        scope: Scope,
+        node: Node,
+        outputs: dict[str, Any],
+        handle: str | None = None,
+        *,
+        total_tokens: int = 0,
     ) -> None:
         record = scope.nodes[node.id]
         record.status = NODE_SUCCEEDED
         record.outputs = outputs
         record.handle = handle or "source"
-        self.emit("node_finished", scope, node, status=NODE_SUCCEEDED, outputs=outputs)
+        self.emit(
+            "node_finished",
+            scope,
+            node,
+            status=NODE_SUCCEEDED,
+            outputs=outputs,
+            attempt=record.attempt,
+            total_tokens=total_tokens,
+        )
         self._resolve_out_edges(scope, node, record.handle)
         self.mark_dirty(scope.key)
 
-    def node_failed(self, scope: Scope, node: Node, error: str, error_type: str) -> None:
+    def node_failed(
+        self, scope: Scope, node: Node, error: str, error_type: str, *, total_tokens: int = 0
+    ) -> None:
         record = scope.nodes[node.id]
         strategy = node.error_strategy
         if strategy in ("fail-branch", "default-value"):
@@ -316,14 +335,29 @@ class _Step:
             record.outputs = outputs
             record.handle = "fail-branch" if strategy == "fail-branch" else "source"
             self.emit(
-                "node_finished", scope, node, status=NODE_EXCEPTION, outputs=outputs, error=error
+                "node_finished",
+                scope,
+                node,
+                status=NODE_EXCEPTION,
+                outputs=outputs,
+                error=error,
+                attempt=record.attempt,
+                total_tokens=total_tokens,
             )
             self._resolve_out_edges(scope, node, record.handle)
             self.mark_dirty(scope.key)
             return
         record.status = NODE_FAILED
         record.outputs = None
-        self.emit("node_finished", scope, node, status=NODE_FAILED, error=error)
+        self.emit(
+            "node_finished",
+            scope,
+            node,
+            status=NODE_FAILED,
+            error=error,
+            attempt=record.attempt,
+            total_tokens=total_tokens,
+        )
         if scope.failure is None:
             scope.failure = Failure(node_id=node.id, error=error, error_type=error_type)
         self.mark_dirty(scope.key)
