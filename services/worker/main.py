@@ -20,9 +20,9 @@ from fanflow.executors import ExecutionContext, execute_task
 from fanflow.executors.wiring import context_from_settings
 from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
 from fanflow.messages import NodeTask, TaskResult
-from fanflow.metrics import NODE_DURATION, NODE_EXECUTIONS, TASKS_IN_FLIGHT
+from fanflow.metrics import NODE_DURATION, NODE_EXECUTIONS, QUEUE_WAIT, TASKS_IN_FLIGHT
 from fanflow.settings import Settings
-from fanflow.topology import Topology
+from fanflow.topology import HEADER_READY_AT, Topology
 
 log = logging.getLogger("fanflow.worker")
 #: how many stopped run ids a worker remembers (stop broadcasts are not replayed)
@@ -85,6 +85,7 @@ class Worker:
         if task.run_id in self._stopped:
             return Disposition.ACK  # the run is over; nobody waits for this result
         cls = self.topology.class_for(task.node_type)
+        _observe_queue_wait(cls, headers)
         execution = asyncio.create_task(self._execute(task))
         self._running.setdefault(task.run_id, set()).add(execution)
         TASKS_IN_FLIGHT.labels(cls).inc()
@@ -127,6 +128,14 @@ class Worker:
                 error_type="TimeoutError",
                 elapsed_s=timeout_s,
             )
+
+
+def _observe_queue_wait(cls: str, headers: dict) -> None:
+    try:
+        ready_at = float(headers.get(HEADER_READY_AT, ""))
+    except (TypeError, ValueError):
+        return  # published by something else than the driver
+    QUEUE_WAIT.labels(cls).observe(max(0.0, time.time() - ready_at))
 
 
 def run(settings: Settings, *, queues: list[str], prefetch: int) -> None:

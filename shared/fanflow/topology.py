@@ -55,6 +55,8 @@ HEADER_KIND = "fanflow-kind"
 HEADER_CLASS = "fanflow-class"
 HEADER_RUN_ID = "fanflow-run-id"
 HEADER_TASK_ID = "fanflow-task-id"
+#: epoch seconds from which a task may run (its commit plus any retry delay): queue wait
+HEADER_READY_AT = "fanflow-ready-at"
 
 _RESERVED_IN_KEYS = (".", "*", "#")
 

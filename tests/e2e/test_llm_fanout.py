@@ -62,6 +62,7 @@ async def test_500_llm_calls_through_faults_on_two_workers(tmp_path: Path, mocks
     per_worker = []
     in_worker_retries = 0.0
     failed_tasks = 0.0
+    queue_waits = 0.0
     for samples in metrics:
         outcomes = by_label(samples, "fanflow_upstream_calls_total", "outcome", upstream=UPSTREAM)
         per_worker.append(sum(outcomes.values()))
@@ -70,8 +71,9 @@ async def test_500_llm_calls_through_faults_on_two_workers(tmp_path: Path, mocks
         failed_tasks += total(
             samples, "fanflow_node_executions_total", node_type="llm", status="failed"
         )
-    # scheduler-level retries: no metric counts them; the run's node_retry events do
-    # (events may arrive twice: count distinct (item, retry number))
+        queue_waits += total(samples, "fanflow_task_queue_wait_seconds_count", node_class="llm")
+    # scheduler-level retries (the aggregator's fanflow_node_retries_total counts them too);
+    # here from the run's node_retry events (which may arrive twice: count distinct ones)
     scheduler_retries = len(
         {
             (data["data"]["scope"], data["data"]["retry_index"])
@@ -93,6 +95,8 @@ async def test_500_llm_calls_through_faults_on_two_workers(tmp_path: Path, mocks
     )
 
     assert all(count > 0 for count in per_worker), "both workers took LLM tasks"
+    # every LLM task delivery measured its wait in the queue
+    assert queue_waits == ITEMS + scheduler_retries
     assert calls["breaker_open"] == 0
     assert stats["requests"] == sum(calls.values())
     assert stats["faults"]["status_5xx"] == calls["status_5xx"] > 0

@@ -35,7 +35,7 @@ from fanflow.scheduler import (
     load_state,
 )
 from fanflow.store import AppRecord, OutboxMessage, RunTransaction, Store
-from fanflow.topology import Topology
+from fanflow.topology import HEADER_READY_AT, Topology
 from fanflow.workflow import Workflow
 
 KIND_TASK, KIND_EVENT, KIND_CONTROL = "task", "event", "control"
@@ -158,7 +158,7 @@ class RunDriver:
         finished: RunFinished | None = None
         for command in commands:
             if isinstance(command, DispatchTask):
-                outbox.append(self._task_message(command))
+                outbox.append(self._task_message(command, now))
             elif isinstance(command, Emit):
                 outbox.append(self._event_message(state.run_id, command, now))
                 await self._record_node(tx, command, now)
@@ -192,14 +192,16 @@ class RunDriver:
             RUN_DURATION.observe(now - started)
         return await tx.add_outbox(outbox) if outbox else []
 
-    def _task_message(self, command: DispatchTask) -> OutboxMessage:
+    def _task_message(self, command: DispatchTask, now: float) -> OutboxMessage:
         task = command.task
+        # when the task may start (after its retry delay): workers measure queue wait from it
+        ready_at = now + command.delay_ms / 1000
         return OutboxMessage(
             kind=KIND_TASK,
             routing=self.topology.class_for(task.node_type),
             body=task.encode(),
             message_id=self.topology.task_message_id(task),
-            headers=self.topology.task_headers(task),
+            headers={**self.topology.task_headers(task), HEADER_READY_AT: f"{ready_at:.6f}"},
             delay_ms=command.delay_ms,
         )
 
