@@ -112,17 +112,9 @@ class Aggregator:
                 log.error("dropping an undecodable dead-lettered task %s", delivery.message_id)
                 envelopes.append(None)
                 continue
-            failure = TaskResult(
-                task_id=task.task_id,
-                run_id=task.run_id,
-                node_id=task.node_id,
-                scope=task.scope,
-                attempt=task.attempt,
-                status="failed",
-                error=(
-                    f"{task.node_id} ({task.node_title}): the task was dead-lettered after "
-                    f"{delivery.delivery_count + 1} deliveries (a worker crashed or rejected it)"
-                ),
+            failure = task.failed(
+                f"{task.node_id} ({task.node_title}): the task was dead-lettered after "
+                f"{delivery.delivery_count + 1} deliveries (a worker crashed or rejected it)",
                 error_type="DeadLettered",
                 retryable=False,
             )

@@ -117,14 +117,8 @@ class Worker:
         try:
             return await asyncio.wait_for(execute_task(task, self.context), timeout_s)
         except TimeoutError:
-            return TaskResult(
-                task_id=task.task_id,
-                run_id=task.run_id,
-                node_id=task.node_id,
-                scope=task.scope,
-                attempt=task.attempt,
-                status="failed",
-                error=f"{task.node_id} ({task.node_title}): task timed out after {timeout_s:g} s",
+            return task.failed(
+                f"{task.node_id} ({task.node_title}): task timed out after {timeout_s:g} s",
                 error_type="TimeoutError",
                 elapsed_s=timeout_s,
             )

@@ -64,6 +64,21 @@ class NodeTask(_Message):
                 return walk_path(self.variables[prefix], selector[cut:])
         raise KeyError(key)
 
+    def result(self, **fields: Any) -> TaskResult:
+        """This attempt's result; `fields` are those of `TaskResult` besides the identity."""
+        return TaskResult(
+            task_id=self.task_id,
+            run_id=self.run_id,
+            node_id=self.node_id,
+            scope=self.scope,
+            attempt=self.attempt,
+            **fields,
+        )
+
+    def failed(self, error: str, *, error_type: str, **fields: Any) -> TaskResult:
+        """A failed result of this attempt (`fields`: retryable, reason, elapsed_s, ...)."""
+        return self.result(status="failed", error=error, error_type=error_type, **fields)
+
 
 class TaskResult(_Message):
     """What became of one task attempt."""

@@ -104,8 +104,7 @@ async def execute_task(task: NodeTask, context: ExecutionContext) -> TaskResult:
         logger.exception("executor for %s failed on task %s", task.node_type, task.task_id)
         message = f"{node_label(task)}: internal error in fanflow: {type(exc).__name__}: {exc}"
         return _failed(task, message, "InternalError", started)
-    return TaskResult(
-        **_identity(task),
+    return task.result(
         status="succeeded",
         outputs=outcome.outputs,
         edge_handle=outcome.edge_handle,
@@ -121,21 +120,9 @@ def _unsupported(task: NodeTask) -> str:
     return f"{node_label(task)}: node type '{kind}' is not a task node fanflow's executors run"
 
 
-def _identity(task: NodeTask) -> dict[str, Any]:
-    return {
-        "task_id": task.task_id,
-        "run_id": task.run_id,
-        "node_id": task.node_id,
-        "scope": task.scope,
-        "attempt": task.attempt,
-    }
-
-
 def _failed(task: NodeTask, error: str, error_type: str, started: float) -> TaskResult:
-    return TaskResult(
-        **_identity(task),
-        status="failed",
-        error=error,
+    return task.failed(
+        error,
         error_type=error_type,
         retryable=error_type not in NOT_RETRYABLE_ERROR_TYPES,
         elapsed_s=time.monotonic() - started,
@@ -148,10 +135,8 @@ def _upstream_failed(task: NodeTask, failure: UpstreamFailure, started: float) -
     if not message.startswith(label):  # e.g. a breaker's refusal names only the upstream
         message = f"{label}: {message}"
     retry_after = failure.retry_after_s
-    return TaskResult(
-        **_identity(task),
-        status="failed",
-        error=message,
+    return task.failed(
+        message,
         error_type=failure.error_type,
         retryable=failure.retryable and failure.error_type not in NOT_RETRYABLE_ERROR_TYPES,
         reason=failure.reason,

@@ -11,7 +11,6 @@ reply that is not the JSON asked for).
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +20,7 @@ from typing import Any, TypeVar
 import httpx
 
 from fanflow.llm.providers import Endpoint
-from fanflow.upstreams import UpstreamFailure
+from fanflow.upstreams import UpstreamFailure, parse_retry_after
 
 T = TypeVar("T")
 #: how much of an error body goes into a node's error message
@@ -153,7 +152,7 @@ def _status_failure(where: str, response: httpx.Response) -> UpstreamFailure:
             message,
             reason="status_429",
             retryable=True,
-            retry_after_s=_retry_after_s(response.headers.get("retry-after")),
+            retry_after_s=parse_retry_after(response.headers.get("retry-after")),
             status_code=status,
         )
     if status >= 500:
@@ -175,21 +174,6 @@ def _detail(response: httpx.Response) -> str:
     if isinstance(error, str):
         return error[:_MAX_DETAIL_CHARS]
     return response.text[:_MAX_DETAIL_CHARS]
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    """Retry-After as seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _completion(reply: Any, *, where: str, latency_s: float) -> Completion:
