@@ -7,6 +7,7 @@ here skips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -109,7 +110,7 @@ def dify_data() -> Path:
     return path
 
 
-def _require_port(url: str, service: str) -> None:
+def require_service(url: str, service: str) -> None:
     parts = urlsplit(url)
     try:
         socket.create_connection((parts.hostname, parts.port), timeout=2).close()
@@ -124,7 +125,7 @@ def _require_port(url: str, service: str) -> None:
     )
 
 
-def _postgres_admin(sql: str) -> None:
+def postgres_admin(sql: str) -> None:
     import asyncpg
 
     async def execute() -> None:
@@ -139,23 +140,26 @@ def _postgres_admin(sql: str) -> None:
         pool.submit(asyncio.run, execute()).result()
 
 
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str = "fanflow_test") -> Iterator[str]:
+    """An empty PostgreSQL database's SQLAlchemy URL (`postgresql+asyncpg://...`), dropped
+    afterwards; fails with how to start PostgreSQL when it is down."""
+    require_service(POSTGRES_ADMIN_URL, "PostgreSQL")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    postgres_admin(f'CREATE DATABASE "{name}"')
+    try:
+        parts = urlsplit(POSTGRES_ADMIN_URL)
+        yield urlunsplit(parts._replace(scheme="postgresql+asyncpg", path=f"/{name}"))
+    finally:
+        postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[Callable[[], str]]:
     """Factory: each call creates an empty database and returns its SQLAlchemy URL
     (`postgresql+asyncpg://...`). The databases are dropped after the test."""
-    created: list[str] = []
-
-    def make() -> str:
-        _require_port(POSTGRES_ADMIN_URL, "PostgreSQL")
-        name = f"fanflow_test_{uuid.uuid4().hex[:12]}"
-        _postgres_admin(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        parts = urlsplit(POSTGRES_ADMIN_URL)
-        return urlunsplit(parts._replace(scheme="postgresql+asyncpg", path=f"/{name}"))
-
-    yield make
-    for name in created:
-        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(fresh_postgres_database())
 
 
 @pytest.fixture
@@ -164,7 +168,7 @@ def amqp_url() -> Callable[[], str]:
     default vhost, so name queues and exchanges with a random suffix."""
 
     def make() -> str:
-        _require_port(AMQP_URL, "RabbitMQ")
+        require_service(AMQP_URL, "RabbitMQ")
         return AMQP_URL
 
     return make

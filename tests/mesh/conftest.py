@@ -12,11 +12,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.conftest import AMQP_URL, POSTGRES_ADMIN_URL, _postgres_admin, _require_port
+from tests.conftest import AMQP_URL, fresh_postgres_database, require_service
 from tests.mesh.cluster import Cluster
 
 BACKENDS = ("postgres", "sqlite")
@@ -30,14 +29,8 @@ def fresh_database(backend: str, directory: Path) -> Iterator[str]:
         return
     if backend != "postgres":
         raise ValueError(f"unknown backend {backend!r}: expected one of {BACKENDS}")
-    _require_port(POSTGRES_ADMIN_URL, "PostgreSQL")
-    name = f"fanflow_test_{uuid.uuid4().hex[:12]}"
-    _postgres_admin(f'CREATE DATABASE "{name}"')
-    try:
-        parts = urlsplit(POSTGRES_ADMIN_URL)
-        yield urlunsplit(parts._replace(scheme="postgresql+asyncpg", path=f"/{name}"))
-    finally:
-        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @contextlib.asynccontextmanager
@@ -51,7 +44,7 @@ async def running_cluster(
     aggregator_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Cluster]:
     """`workers` workers and `aggregators` aggregators, ready to consume; torn down on exit."""
-    _require_port(AMQP_URL, "RabbitMQ")
+    require_service(AMQP_URL, "RabbitMQ")
     with fresh_database(backend, directory) as database_url:
         cluster = await Cluster.open(
             database_url=database_url, amqp_url=AMQP_URL, log_dir=directory / "logs"

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -28,7 +27,7 @@ from fanflow.store import (
     migrate,
 )
 from fanflow.store.schema import api_keys, metadata
-from tests.conftest import POSTGRES_ADMIN_URL, _postgres_admin, _require_port
+from tests.conftest import fresh_postgres_database
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -49,14 +48,8 @@ def database_url(
     if request.param == "sqlite":
         yield _sqlite_url(tmp_path_factory.mktemp("store"))
         return
-    _require_port(POSTGRES_ADMIN_URL, "PostgreSQL")
-    name = f"fanflow_store_{uuid.uuid4().hex[:12]}"
-    _postgres_admin(f'CREATE DATABASE "{name}"')
-    try:
-        parts = urlsplit(POSTGRES_ADMIN_URL)
-        yield urlunsplit(parts._replace(scheme="postgresql+asyncpg", path=f"/{name}"))
-    finally:
-        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database("fanflow_store") as url:
+        yield url
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from fanflow.amqp import AmqpBroker
 from fanflow.settings import Settings
 from fanflow.topology import Topology
-from tests.conftest import AMQP_URL, ROOT, _require_port
+from tests.conftest import AMQP_URL, ROOT, require_service
 from tests.mesh.cluster import Cluster
 
 HELLO = ROOT / "examples" / "hello.yml"
@@ -58,7 +58,7 @@ StartServer = Callable[..., Awaitable[Server]]
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
-    _require_port(AMQP_URL, "RabbitMQ")
+    require_service(AMQP_URL, "RabbitMQ")
     values: dict[str, Any] = {
         "database_url": f"sqlite+aiosqlite:///{tmp_path / 'trigger.db'}",
         "amqp_url": AMQP_URL,
@@ -136,7 +136,7 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Cluster]:
     """One worker and one aggregator process on a fresh namespace and SQLite database."""
-    _require_port(AMQP_URL, "RabbitMQ")
+    require_service(AMQP_URL, "RabbitMQ")
     cluster = await Cluster.open(
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'mesh.db'}",
         amqp_url=AMQP_URL,
