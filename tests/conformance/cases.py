@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from fanflow.workflow import SUPPORTED_NODE_TYPES, TASK_NODE_TYPES
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "dify" / "fixtures"
 #: task node types that run for real here; the others need a mocked LLM answer
 EXECUTABLE_TASK_TYPES = frozenset({"code", "http-request"})
+#: task node types whose mocked answers `fanflow mock-llm` gives (test_conformance_llm.py)
+LLM_TASK_TYPES = frozenset({"llm"})
+#: the status a mocked LLM error is answered with: a 4xx, which fanflow never retries
+MOCK_ERROR_STATUS = 400
+#: graph changes upstream's test makes before running, by the `mocks.note` that says so
+GRAPH_PATCHES: dict[str, dict[str, dict[str, Any]]] = {
+    "Test mutates the loaded graph: llm node error_strategy=default-value, default_value=[{key: "
+    'text, type: string, value: "fallback response"}]': {
+        "llm": {
+            "error_strategy": "default-value",
+            "default_value": [{"key": "text", "type": "string", "value": "fallback response"}],
+        }
+    }
+}
+#: `patched` mocks: "node ID streams [chunks...]" in the note; the output is the chunks joined
+_PATCHED_STREAM = re.compile(r"node (\S+) streams (\[.*?\])")
+#: `mocks.note` "delay 0.1 s on NODE"
+_DELAY = re.compile(r"delay ([0-9.]+) s on (\S+)")
 
 
 @dataclass(frozen=True)
@@ -71,8 +93,13 @@ def why_not_runnable(case: Case) -> str | None:
     if unsupported:
         return f"uses unsupported node types {sorted(unsupported)}"
     needs_upstream = (types & TASK_NODE_TYPES) - EXECUTABLE_TASK_TYPES
-    if needs_upstream:
+    if needs_upstream - LLM_TASK_TYPES or (needs_upstream and llm_replies(case) is None):
         return f"needs a mocked LLM answer for {sorted(needs_upstream)}"
+    if needs_upstream:
+        no_call = why_no_real_llm_call(case)
+        if no_call:
+            return no_call
+        return "run against `fanflow mock-llm` (test_conformance_llm.py)"
     if "http-request" in types and (
         case.mocks.get("mode") != "http_fixture" or case.mocks.get("http") is not None
     ):
@@ -89,3 +116,101 @@ def outputs_match(actual: Any, expected: Any, *, exact: bool) -> bool:
     if exact or not isinstance(expected, dict) or not isinstance(actual, dict):
         return actual == expected
     return all(key in actual and actual[key] == value for key, value in expected.items())
+
+
+@cache
+def fixture_nodes(fixture: str) -> dict[str, dict[str, Any]]:
+    """Node id -> node `data` of a fixture (`workflow.graph` or a bare `graph`)."""
+    document = yaml.safe_load((FIXTURES / fixture).read_text(encoding="utf-8")) or {}
+    graph = (document.get("workflow") or document).get("graph") or {}
+    return {str(node["id"]): node.get("data") or {} for node in graph.get("nodes") or []}
+
+
+def needs_mock_llm(case: Case) -> bool:
+    """The case runs against `fanflow mock-llm` (its only obstacle was mocked LLM answers)."""
+    return why_not_runnable(case) == "run against `fanflow mock-llm` (test_conformance_llm.py)"
+
+
+def llm_replies(case: Case) -> dict[str, dict[str, Any]] | None:
+    """What `fanflow mock-llm` answers each LLM node of `case`, as its `mocks` say: node id
+    -> `{"text": ...}` or `{"error": ..., "status": MOCK_ERROR_STATUS}`. None when the mocks
+    do not give every LLM node of the fixture one plain answer."""
+    llm_nodes = {
+        node_id: data
+        for node_id, data in fixture_nodes(case.fixture).items()
+        if data.get("type") in LLM_TASK_TYPES
+    }
+    mocks = case.mocks
+    replies: dict[str, dict[str, Any]] = {}
+    if mocks.get("mode") == "auto_mock":
+        for node_id, mocked in (mocks.get("effective_node_outputs") or {}).items():
+            if node_id not in llm_nodes:
+                continue  # a node that ran for real upstream (a template, ...)
+            if mocked.get("error"):
+                replies[node_id] = {"error": str(mocked["error"]), "status": MOCK_ERROR_STATUS}
+            elif isinstance(mocked.get("outputs"), dict) and isinstance(
+                mocked["outputs"].get("text"), str
+            ):
+                replies[node_id] = {"text": mocked["outputs"]["text"]}
+            else:
+                return None
+    elif mocks.get("mode") == "fake_llm":
+        # answers by model: each LLM node gets its model's single answer
+        for node_id, data in llm_nodes.items():
+            answers = (mocks.get("responses") or {}).get((data.get("model") or {}).get("name"))
+            if not isinstance(answers, list) or len(answers) != 1:
+                return None
+            replies[node_id] = {"text": str(answers[0])}
+    elif mocks.get("mode") == "patched":
+        for node_id, chunks in _PATCHED_STREAM.findall(str(mocks.get("note") or "")):
+            replies[node_id] = {"text": "".join(json.loads(chunks))}
+    else:
+        return None
+    if set(replies) != set(llm_nodes):
+        return None
+    return replies
+
+
+def why_no_real_llm_call(case: Case) -> str | None:
+    """Why an LLM node of `case` cannot make the call upstream's mock stands in for: upstream
+    replaces the whole node, so neither its model nor its prompt is ever read there."""
+    for node_id, data in fixture_nodes(case.fixture).items():
+        if data.get("type") not in LLM_TASK_TYPES:
+            continue
+        model = data.get("model") or {}
+        if not model.get("name"):
+            return (
+                f"LLM node {node_id} has no model (name {model.get('name')!r}): upstream's mock "
+                "replaces the node, a real call needs a model"
+            )
+        if _prompt_is_empty(data, case.query):
+            return (
+                f"LLM node {node_id}'s prompt is empty for sys.query {case.query!r}: upstream's "
+                "mock replaces the node, a real call (Dify's too) has no prompt to send"
+            )
+    return None
+
+
+def _prompt_is_empty(data: dict[str, Any], query: str | None) -> bool:
+    """A chat prompt whose messages hold nothing but `{{#sys.query#}}`, with that empty."""
+    template = data.get("prompt_template")
+    memory = data.get("memory")
+    if not isinstance(template, list) or (isinstance(memory, dict) and memory):
+        return False
+    for message in template:
+        if not isinstance(message, dict) or message.get("edition_type") == "jinja2":
+            return False
+        if str(message.get("text") or "").replace("{{#sys.query#}}", query or ""):
+            return False
+    return True
+
+
+def graph_patches(case: Case) -> dict[str, dict[str, Any]]:
+    """Node id -> `data` keys upstream's test sets on the loaded graph before the run."""
+    return GRAPH_PATCHES.get(str(case.mocks.get("note") or ""), {})
+
+
+def llm_delay_ms(case: Case) -> float:
+    """The delay upstream's mock puts before an LLM answer (`mocks.note`), in ms."""
+    found = _DELAY.search(str(case.mocks.get("note") or ""))
+    return float(found.group(1)) * 1000 if found else 0.0

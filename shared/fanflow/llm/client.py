@@ -23,6 +23,8 @@ from fanflow.llm.providers import Endpoint
 from fanflow.upstreams import UpstreamFailure, parse_retry_after
 
 T = TypeVar("T")
+#: the header naming the calling node (`fanflow mock-llm` answers by it)
+NODE_ID_HEADER = "X-Fanflow-Node-Id"
 #: how much of an error body goes into a node's error message
 _MAX_DETAIL_CHARS = 300
 
@@ -84,17 +86,20 @@ async def chat(
     http_client: httpx.AsyncClient | None = None,
     upstreams: Any = None,
     check: Callable[[Completion], T] | None = None,
+    node_id: str | None = None,
 ) -> tuple[Completion, T | None]:
     """POST `body` (without `model`: the endpoint's is used) to `{base_url}/chat/completions`.
 
     `check` runs on each reply inside the attempt, so a `format` failure it raises counts
     as that attempt's failure; its result is returned beside the completion. `label` (the
-    node) leads every error message.
+    node) leads every error message; `node_id` goes out as the `X-Fanflow-Node-Id` header.
     """
     payload = {"model": endpoint.model, **body}
 
     async def attempt(client: httpx.AsyncClient) -> tuple[Completion, T | None]:
-        completion = await _post(client, endpoint, payload, label=label, timeout_s=timeout_s)
+        completion = await _post(
+            client, endpoint, payload, label=label, timeout_s=timeout_s, node_id=node_id
+        )
         return completion, (check(completion) if check is not None else None)
 
     async def guarded(client: httpx.AsyncClient) -> tuple[Completion, T | None]:
@@ -118,10 +123,13 @@ async def _post(
     *,
     label: str,
     timeout_s: float,
+    node_id: str | None = None,
 ) -> Completion:
     url = f"{endpoint.base_url}/chat/completions"
     where = f"{label}: LLM {endpoint.upstream} at {url}"
     headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+    if node_id and node_id.isascii():  # header values are ASCII
+        headers[NODE_ID_HEADER] = node_id
     started = time.monotonic()
     try:
         async with asyncio.timeout(timeout_s):

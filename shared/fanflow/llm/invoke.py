@@ -83,6 +83,7 @@ async def invoke(
         http_client=context.http_client,
         upstreams=context.upstreams,
         check=check,
+        node_id=task.node_id,
     )
 
 
