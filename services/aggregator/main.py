@@ -30,6 +30,7 @@ from fanflow.topology import Topology
 
 log = logging.getLogger("fanflow.aggregator")
 _APP_CACHE_SIZE = 10_000
+REQUEUE_BACKOFF_S = 2.0
 
 
 class Aggregator:
@@ -53,7 +54,8 @@ class Aggregator:
                 await broker.declare()
                 self.driver = RunDriver(self.store, self.topology, limits=self.limits)
                 self.relay = OutboxRelay(self.store, broker)
-                recovered = await self.relay.sweep()
+                # whatever a crashed process committed and never published, at once
+                recovered = await self.relay.sweep(grace_s=0)
                 if recovered:
                     log.info("relayed %d outbox message(s) left by an earlier process", recovered)
                 batch = self.settings.aggregator_batch_size
@@ -157,7 +159,7 @@ class Aggregator:
             return Disposition.REQUEUE
         RESULTS_APPLIED.labels("applied").inc(len(envelopes))
         if published:
-            await self.relay.publish_run(run_id)
+            await self.relay.publish(published)
         return Disposition.ACK
 
     async def _app_of(self, run_id: str) -> AppRecord | None:
@@ -180,6 +182,8 @@ class Aggregator:
     async def end_overdue_runs(self) -> int:
         """Runs past the run deadline end as stopped (the scheduler names the limit)."""
         assert self.store is not None
+        if not self.settings.max_run_seconds:
+            return 0  # no deadline
         cutoff = time.time() - self.settings.max_run_seconds
         overdue = await self.store.overdue_runs(created_before=cutoff)
         for run_id in overdue:

@@ -104,7 +104,7 @@ async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> An
     # bound before the run starts: its first events are published by this very request
     watch = await trigger.events.watch(run_id, stream=streaming)
     try:
-        await trigger.driver.start_run(
+        outbox_ids = await trigger.driver.start_run(
             app,
             run_id,
             RunRequest(inputs=body.inputs, user=body.user, files=tuple(body.files or ())),
@@ -115,7 +115,7 @@ async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> An
     except BaseException:
         watch.close()
         raise
-    await trigger.publish(run_id)
+    await trigger.publish(run_id, outbox_ids)
     if streaming:
         return StreamingResponse(
             _stream(trigger, watch, app),
@@ -209,8 +209,8 @@ async def stop_task(
         raise invalid_param("user: Arg user must be provided.")
     run = await _own_run(trigger, app, task_id)
     if run.status not in FINISHED:
-        await trigger.driver.apply(app, run.id, [Envelope(StopRequested())])
-        await trigger.publish(run.id)
+        outbox_ids = await trigger.driver.apply(app, run.id, [Envelope(StopRequested())])
+        await trigger.publish(run.id, outbox_ids)
     return {"result": "success"}
 
 

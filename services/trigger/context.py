@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from fanflow_services.trigger.streams import RunEvents
@@ -32,11 +32,11 @@ class Trigger:
     events: RunEvents
     max_request_bytes: int
 
-    async def publish(self, run_id: str) -> None:
-        """Relay the run's committed outbox now. On a broker failure the rows stay, and an
-        aggregator's outbox sweep publishes them: the run is committed, so it goes on."""
+    async def publish(self, run_id: str, outbox_ids: Sequence[int]) -> None:
+        """Relay what the run's transaction just committed. On a broker failure the rows
+        stay, and an aggregator's outbox sweep publishes them: the run goes on."""
         try:
-            await self.relay.publish_run(run_id)
+            await self.relay.publish(outbox_ids)
         except BrokerError as exc:
             log.warning("run %s: publishing deferred to the outbox sweep: %s", run_id, exc)
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 import httpx
 
 from fanflow.amqp import AmqpBroker, Disposition
-from fanflow.executors import ExecutionContext, execute_task
+from fanflow.executors import ExecutionContext, execute_with_timeout
 from fanflow.executors.wiring import context_from_settings
 from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
 from fanflow.messages import NodeTask, TaskResult
@@ -113,15 +113,9 @@ class Worker:
         return Disposition.ACK
 
     async def _execute(self, task: NodeTask) -> TaskResult:
-        timeout_s = task.timeout_s or self.settings.task_timeout_s
-        try:
-            return await asyncio.wait_for(execute_task(task, self.context), timeout_s)
-        except TimeoutError:
-            return task.failed(
-                f"{task.node_id} ({task.node_title}): task timed out after {timeout_s:g} s",
-                error_type="TimeoutError",
-                elapsed_s=timeout_s,
-            )
+        return await execute_with_timeout(
+            task, self.context, timeout_s=self.settings.task_timeout_s
+        )
 
 
 def _observe_queue_wait(cls: str, headers: dict) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fanflow.executors import ExecutionContext, execute_task
+from fanflow.executors import ExecutionContext, execute_with_timeout
 from fanflow.messages import NodeTask
 from fanflow.runtime import RunRequest, prepare_run
 from fanflow.scheduler import (
@@ -109,7 +109,9 @@ class EmbeddedRunner:
         async def run_task(task: NodeTask, delay_ms: int) -> None:
             if delay_ms:
                 await asyncio.sleep(delay_ms / 1000)
-            result = await execute_task(task, self.context)
+            result = await execute_with_timeout(
+                task, self.context, timeout_s=self.limits.task_timeout_s
+            )
             events.put_nowait(TaskFinished(result))
 
         def carry_out(commands: list[Command]) -> None:
@@ -155,7 +157,7 @@ class EmbeddedRunner:
             carry_out(commands)
             while finished is None:
                 event = await events.get()
-                state, commands = scheduler.step(state, event)
+                commands = scheduler.advance(state, event)
                 carry_out(commands)
         finally:
             for timer in timers:

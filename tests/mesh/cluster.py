@@ -220,15 +220,16 @@ class Cluster:
         if record_events:
             self._recorded[run_id] = []
             await self._require(self._events).bind(run_id)
-        await driver.start_run(app, run_id, RunRequest(inputs=dict(inputs or {}), query=query))
-        await relay.publish_run(run_id)
+        ids = await driver.start_run(
+            app, run_id, RunRequest(inputs=dict(inputs or {}), query=query)
+        )
+        await relay.publish(ids)
         return run_id
 
     async def stop_run(self, app: AppRecord, run_id: str) -> None:
         """Ask the run to stop, as the trigger's stop endpoint does."""
         driver, relay = self._require(self.driver), self._require(self.relay)
-        await driver.apply(app, run_id, [Envelope(StopRequested())])
-        await relay.publish_run(run_id)
+        await relay.publish(await driver.apply(app, run_id, [Envelope(StopRequested())]))
 
     async def wait(self, run_id: str, *, timeout_s: float = 60) -> RunRecord:
         """The run once finished; AssertionError with the services' logs on timeout."""

@@ -6,7 +6,7 @@ import textwrap
 
 from fanflow.dsl import load_workflow
 from fanflow.messages import TaskResult
-from fanflow.scheduler import DispatchTask, RunFinished, Scheduler, TaskFinished
+from fanflow.scheduler import DispatchTask, Limits, RunFinished, Scheduler, TaskFinished
 from fanflow.workflow import RetryConfig
 
 WORKFLOW = textwrap.dedent(
@@ -118,3 +118,13 @@ def test_jitter_is_deterministic_and_within_half_to_full() -> None:
     assert all(1000 <= d <= 2000 for d in delays)
     assert len(set(delays)) > 10
     assert delays == [retry.delay_ms(1, key=f"task-{i}") for i in range(50)]
+
+
+def test_no_retry_waits_past_the_run_deadline() -> None:
+    workflow = load_workflow("retry.yml", text=WORKFLOW)
+    scheduler = Scheduler(workflow, limits=Limits(max_run_seconds=60))
+    state, commands = scheduler.start("r1", inputs={}, system={"user_id": "u"})
+    # an upstream asking for two days
+    failure = _failure(_dispatched(commands).task, "status_429", retry_after_ms=172_800_000)
+    _, commands = scheduler.step(state, TaskFinished(failure))
+    assert _dispatched(commands).delay_ms == 60_000

@@ -10,6 +10,7 @@ from fanflow.executors.base import (
     ExecutionOutcome,
     Executor,
     execute_task,
+    execute_with_timeout,
     executor_for,
     register,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "ExecutionOutcome",
     "Executor",
     "execute_task",
+    "execute_with_timeout",
     "executor_for",
     "register",
 ]

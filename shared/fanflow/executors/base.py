@@ -7,6 +7,7 @@ worker shells never see an exception for a node's failure.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -143,3 +144,25 @@ def _upstream_failed(task: NodeTask, failure: UpstreamFailure, started: float) -
         retry_after_ms=math.ceil(retry_after * 1000) if retry_after is not None else None,
         elapsed_s=time.monotonic() - started,
     )
+
+
+#: a task's time limit when neither the task nor the process says otherwise
+DEFAULT_TASK_TIMEOUT_S = 300.0
+
+
+async def execute_with_timeout(
+    task: NodeTask, context: ExecutionContext, *, timeout_s: float | None = None
+) -> TaskResult:
+    """`execute_task` within the task's time limit (its own, else `timeout_s`, else 300 s);
+    past it, a failed result with reason "timeout" (retryable, as Dify retries timeouts)."""
+    limit_s = task.timeout_s or timeout_s or DEFAULT_TASK_TIMEOUT_S
+    started = time.monotonic()
+    try:
+        return await asyncio.wait_for(execute_task(task, context), limit_s)
+    except TimeoutError:
+        return task.failed(
+            f"{node_label(task)}: task timed out after {limit_s:g} s",
+            error_type="TimeoutError",
+            reason="timeout",
+            elapsed_s=time.monotonic() - started,
+        )

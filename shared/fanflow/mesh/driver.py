@@ -60,6 +60,20 @@ def control_body(**fields: Any) -> bytes:
     return json.dumps(fields).encode()
 
 
+#: retry delays are rounded up to one of these (ms), so the broker holds few delay queues
+DELAY_STEPS_MS = (
+    100, 250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 60_000,
+    120_000, 300_000, 600_000, 1_200_000, 1_800_000, 3_600_000,
+)  # fmt: skip
+
+
+def delay_step_ms(delay_ms: int) -> int:
+    """The smallest step not shorter than `delay_ms` (0 stays 0; beyond the last: the last)."""
+    if delay_ms <= 0:
+        return 0
+    return next((step for step in DELAY_STEPS_MS if step >= delay_ms), DELAY_STEPS_MS[-1])
+
+
 class WorkflowCache:
     """Parsed workflows per app; an app's DSL never changes after registration."""
 
@@ -108,18 +122,20 @@ class RunDriver:
         scheduler = Scheduler(self.workflows.get(app), limits=self.limits)
         async with self.store.run_transaction(run_id) as tx:
             if tx.status in FINISHED:
-                for envelope in envelopes:
-                    if envelope.message_id:
-                        await tx.seen(envelope.message_id)
-                return []
+                return []  # late or duplicate messages of a finished run change nothing
             state = load_state(tx.state())
             commands: list[Command] = []
+            applied = 0
             for envelope in envelopes:
                 if envelope.message_id and await tx.seen(envelope.message_id):
                     continue
-                state, more = scheduler.step(state, envelope.event)
+                applied += 1
+                # the state was just decoded for this transaction: advance it in place
+                more = scheduler.advance(state, envelope.event)
                 state, more = await self._resolve_collections(tx, scheduler, state, more)
                 commands.extend(more)
+            if not applied:
+                return []
             return await self._finish_step(tx, scheduler, state, commands)
 
     async def _resolve_collections(
@@ -137,7 +153,7 @@ class RunDriver:
             elif isinstance(command, CollectItems):
                 stored = await tx.collect_items(command.iteration)
                 outcomes = tuple(ItemOutcome(i.index, i.value, i.removed) for i in stored)
-                state, more = scheduler.step(state, ItemsCollected(command.iteration, outcomes))
+                more = scheduler.advance(state, ItemsCollected(command.iteration, outcomes))
                 queue[0:0] = more
             else:
                 done.append(command)
@@ -188,21 +204,24 @@ class RunDriver:
             elapsed_time=(now - started) if finished else None,
         )
         if finished is not None:
+            await tx.forget_scratch()
             RUNS_FINISHED.labels(finished.status).inc()
             RUN_DURATION.observe(now - started)
         return await tx.add_outbox(outbox) if outbox else []
 
     def _task_message(self, command: DispatchTask, now: float) -> OutboxMessage:
         task = command.task
+        # a few delay values only: each one is a queue on the broker
+        delay_ms = delay_step_ms(command.delay_ms)
         # when the task may start (after its retry delay): workers measure queue wait from it
-        ready_at = now + command.delay_ms / 1000
+        ready_at = now + delay_ms / 1000
         return OutboxMessage(
             kind=KIND_TASK,
             routing=self.topology.class_for(task.node_type),
             body=task.encode(),
             message_id=self.topology.task_message_id(task),
             headers={**self.topology.task_headers(task), HEADER_READY_AT: f"{ready_at:.6f}"},
-            delay_ms=command.delay_ms,
+            delay_ms=delay_ms,
         )
 
     @staticmethod

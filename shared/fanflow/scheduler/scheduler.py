@@ -51,6 +51,9 @@ from fanflow.scheduler.state import (
 from fanflow.variables import selector_key
 from fanflow.workflow import RETRYABLE_NODE_TYPES, Node, Workflow
 
+#: the longest a retry waits, whatever the node or the upstream asks for
+MAX_RETRY_DELAY_S = 3600.0
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -101,8 +104,13 @@ class Scheduler:
     def step(self, state: RunState, event: Event) -> tuple[RunState, list[Command]]:
         """Apply one event. The given state is not modified; a new one is returned."""
         state = copy.deepcopy(state)
+        return state, self.advance(state, event)
+
+    def advance(self, state: RunState, event: Event) -> list[Command]:
+        """`step` for a caller that owns `state` and will not look at it again: the state
+        is changed in place (no copy: a run's state holds its iteration's input list)."""
         if state.finished:
-            return state, []
+            return []
         step = _Step(self, state)
         if isinstance(event, TaskFinished):
             step.on_task_finished(event.result)
@@ -118,7 +126,7 @@ class Scheduler:
         else:  # pragma: no cover - typing guards this
             raise TypeError(f"unknown event {event!r}")
         step.settle()
-        return state, step.out
+        return step.out
 
 
 class _StepLimit(Exception):
@@ -290,6 +298,8 @@ class _Step:
             delay_ms = max(
                 retry.delay_ms(result.attempt, key=result.task_id), result.retry_after_ms or 0
             )
+            # waiting past the run's deadline is pointless (and an upstream may ask for days)
+            delay_ms = min(delay_ms, self._max_delay_ms())
             self.emit("node_retry", scope, node, error=error, retry_index=result.attempt + 1)
             self.dispatch(scope, node, attempt=result.attempt + 1, delay_ms=delay_ms)
             return
@@ -365,6 +375,10 @@ class _Step:
     def _resolve_out_edges(self, scope: Scope, node: Node, handle: str) -> None:
         for edge in self.workflow.out_edges.get(node.id, ()):
             scope.edges[edge.id] = TAKEN if edge.source_handle == handle else SKIPPED
+
+    def _max_delay_ms(self) -> int:
+        limit_s = self.scheduler.limits.max_run_seconds or MAX_RETRY_DELAY_S
+        return int(min(limit_s, MAX_RETRY_DELAY_S) * 1000)
 
     # ---- responses (End and Answer nodes) -----------------------------------------
 

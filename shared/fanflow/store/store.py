@@ -349,15 +349,25 @@ class Store:
             return await add_outbox(connection, run_id, messages)
 
     async def pending_outbox(
-        self, *, limit: int = 100, run_id: str | None = None
+        self,
+        *,
+        limit: int = 100,
+        run_id: str | None = None,
+        ids: Sequence[int] | None = None,
+        created_before: float | None = None,
     ) -> list[tuple[int, OutboxMessage]]:
-        """Messages committed but not yet marked published, oldest first.
+        """Messages committed but not yet marked published, oldest first: all of them, a
+        run's, the given `ids`, or those older than `created_before` (a recovery sweep).
 
         Two publishers may read the same rows; consumers dedupe by `message_id`.
         """
         statement = select(outbox).order_by(outbox.c.id).limit(limit)
         if run_id is not None:
             statement = statement.where(outbox.c.run_id == run_id)
+        if ids is not None:
+            statement = statement.where(outbox.c.id.in_(list(ids)))
+        if created_before is not None:
+            statement = statement.where(outbox.c.created_at < created_before)
         async with self.engine.connect() as connection:
             rows = (await connection.execute(statement)).all()
         return [

@@ -95,6 +95,12 @@ class RunTransaction:
         result = await self._conn.execute(statement)
         return result.rowcount == 0
 
+    async def forget_scratch(self) -> None:
+        """Drop what only a running run needs: its stored iteration items and the ids of
+        the messages it processed (a finished run ignores late messages by its status)."""
+        for table in (iteration_items, processed_messages):
+            await self._conn.execute(delete(table).where(table.c.run_id == self.run_id))
+
     async def save(
         self,
         state: bytes,

@@ -1,0 +1,89 @@
+"""The run driver and the outbox relay, on a real SQLite store (no broker needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from fanflow.mesh.driver import DELAY_STEPS_MS, Envelope, RunDriver, delay_step_ms
+from fanflow.mesh.relay import OutboxRelay
+from fanflow.messages import NodeTask
+from fanflow.runtime import RunRequest
+from fanflow.scheduler import Limits, TaskFinished
+from fanflow.store import Store
+from fanflow.store.schema import processed_messages
+from fanflow.topology import Topology
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_retry_delays_round_up_to_a_few_steps() -> None:
+    assert delay_step_ms(0) == 0
+    assert delay_step_ms(1) == 100
+    assert delay_step_ms(1_000) == 1_000
+    assert delay_step_ms(1_001) == 2_000
+    assert delay_step_ms(10**9) == DELAY_STEPS_MS[-1]
+
+
+async def _store(tmp_path: Path) -> Store:
+    return await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'driver.db'}")
+
+
+async def test_a_finished_run_forgets_its_scratch_and_ignores_late_messages(
+    tmp_path: Path,
+) -> None:
+    store = await _store(tmp_path)
+    try:
+        app_id = await store.create_app("hello", "workflow", (EXAMPLES / "hello.yml").read_text())
+        app = await store.get_app(app_id)
+        assert app is not None
+        driver = RunDriver(store, Topology(namespace="t"), limits=Limits())
+        first = await driver.start_run(app, "run-1", RunRequest(inputs={"name": "x"}))
+        [message] = [m for _, m in await store.pending_outbox(ids=first) if m.kind == "task"]
+        task = NodeTask.decode(message.body)
+        done = task.result(status="succeeded", outputs={"shout": "X!", "length": 1})
+        envelope = Envelope(TaskFinished(done), f"result:{task.task_id}")
+        await driver.apply(app, "run-1", [envelope])
+        run = await store.get_run("run-1")
+        assert run is not None and run.status == "succeeded"
+        assert await driver.apply(app, "run-1", [envelope]) == []  # late duplicate
+        async with store.engine.connect() as connection:
+            kept = await connection.scalar(select(func.count()).select_from(processed_messages))
+        assert kept == 0
+    finally:
+        await store.close()
+
+
+class _Broker:
+    """Records publishes; refuses one message id as no broker ever could."""
+
+    def __init__(self, refuse: str) -> None:
+        self.topology = Topology(namespace="t")
+        self.refuse = refuse
+        self.published: list[str] = []
+
+    async def publish_raw(self, exchange: str, routing_key: str, body: bytes, **kw: object):  # type: ignore[no-untyped-def]
+        if kw["message_id"] == self.refuse:
+            raise ValueError("cannot be published")
+        self.published.append(str(kw["message_id"]))
+
+
+async def test_an_unpublishable_row_does_not_block_the_others(tmp_path: Path) -> None:
+    from fanflow.store import OutboxMessage
+
+    store = await _store(tmp_path)
+    try:
+        messages = [
+            OutboxMessage(kind="control", routing="", body=json.dumps({}).encode(), message_id=m)
+            for m in ("a", "bad", "c")
+        ]
+        ids = await store.add_outbox(messages)
+        broker = _Broker(refuse="bad")
+        relay = OutboxRelay(store, broker)  # type: ignore[arg-type]
+        assert await relay.publish(ids) == 3
+        assert broker.published == ["a", "c"]
+        assert await store.pending_outbox() == []
+    finally:
+        await store.close()
