@@ -87,3 +87,18 @@ async def test_an_unpublishable_row_does_not_block_the_others(tmp_path: Path) ->
         assert await store.pending_outbox() == []
     finally:
         await store.close()
+
+
+async def test_a_task_node_execution_records_what_it_reads(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        app_id = await store.create_app("hello", "workflow", (EXAMPLES / "hello.yml").read_text())
+        app = await store.get_app(app_id)
+        assert app is not None
+        driver = RunDriver(store, Topology(namespace="t"), limits=Limits())
+        await driver.start_run(app, "run-1", RunRequest(inputs={"name": "x"}))
+        [code] = [e for e in await store.list_node_executions("run-1") if e.node_type == "code"]
+        assert code.status == "running" and code.attempts == 1
+        assert code.inputs and "Hello, x!" in code.inputs.values()
+    finally:
+        await store.close()

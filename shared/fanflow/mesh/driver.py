@@ -175,6 +175,17 @@ class RunDriver:
         for command in commands:
             if isinstance(command, DispatchTask):
                 outbox.append(self._task_message(command, now))
+                task = command.task
+                # what the node reads, as the worker will see it (attempts so far)
+                await tx.upsert_node_execution(
+                    node_id=task.node_id,
+                    node_type=task.node_type,
+                    title=task.node_title,
+                    scope=task.scope,
+                    status="running",
+                    inputs=dict(task.variables),
+                    attempts=task.attempt + 1,
+                )
             elif isinstance(command, Emit):
                 outbox.append(self._event_message(state.run_id, command, now))
                 await self._record_node(tx, command, now)
