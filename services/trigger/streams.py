@@ -28,6 +28,10 @@ FINISHED_EVENT = "workflow_finished"
 RECHECK_S = 10.0
 
 
+#: events a stream may hold for a slow client before dropping progress events
+STREAM_BUFFER = 10_000
+
+
 class Shutdown:
     """Put in a stream's queue when the trigger stops: end the stream now."""
 
@@ -44,10 +48,17 @@ class RunWatch:
         # a blocking call keeps no queue: a long iteration's events would only pile up
         self._queue: asyncio.Queue[Event | Shutdown] | None = asyncio.Queue() if stream else None
         self._finished: asyncio.Future[Event | None] = asyncio.get_running_loop().create_future()
+        #: progress events not queued for a slow stream reader
+        self.dropped = 0
 
     def deliver(self, event: Event) -> None:
         if self._queue is not None:
-            self._queue.put_nowait(event)
+            if self._queue.qsize() < STREAM_BUFFER or event.name == FINISHED_EVENT:
+                self._queue.put_nowait(event)
+            else:
+                # a client reading slower than the run progresses: its progress events are
+                # dropped, never the end of the run (and trigger memory stays bounded)
+                self.dropped += 1
         if event.name == FINISHED_EVENT and not self._finished.done():
             self._finished.set_result(event)
 
