@@ -79,6 +79,8 @@ runs = Table(
     Column("version", Integer, nullable=False),
     Index("ix_runs_app_created", "app_id", "created_at"),
     Index("ix_runs_app_status", "app_id", "status"),
+    # the aggregators' deadline sweep: running runs, oldest first
+    Index("ix_runs_status_created", "status", "created_at"),
 )
 
 node_executions = Table(
