@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -36,7 +36,7 @@ from fanflow.scheduler import (
 )
 from fanflow.store import AppRecord, OutboxMessage, RunTransaction, Store
 from fanflow.topology import HEADER_READY_AT, Topology
-from fanflow.workflow import Workflow
+from fanflow.workflow import TASK_NODE_TYPES, Workflow
 
 KIND_TASK, KIND_EVENT, KIND_CONTROL = "task", "event", "control"
 FINISHED = frozenset({"succeeded", "partial-succeeded", "failed", "stopped"})
@@ -185,6 +185,7 @@ class RunDriver:
                     status="running",
                     inputs=dict(task.variables),
                     attempts=task.attempt + 1,
+                    started_at=now if task.attempt == 0 else None,
                 )
             elif isinstance(command, Emit):
                 outbox.append(self._event_message(state.run_id, command, now))
@@ -249,7 +250,8 @@ class RunDriver:
     @staticmethod
     async def _record_node(tx: RunTransaction, emit: Emit, now: float) -> None:
         data = emit.data
-        if emit.event == "node_started":
+        if emit.event == "node_started" and data["node_type"] not in TASK_NODE_TYPES:
+            # a task node's row is written with its dispatch, inputs included
             await tx.upsert_node_execution(
                 node_id=data["node_id"],
                 node_type=data["node_type"],
@@ -277,10 +279,3 @@ class RunDriver:
 
 def _with_ids(request: RunRequest, app: AppRecord) -> RunRequest:
     return replace(request, app_id=app.id, workflow_id=app.id)
-
-
-def group_by_run(items: Iterable[tuple[str, Envelope]]) -> dict[str, list[Envelope]]:
-    grouped: dict[str, list[Envelope]] = {}
-    for run_id, envelope in items:
-        grouped.setdefault(run_id, []).append(envelope)
-    return grouped

@@ -32,7 +32,6 @@ from fanflow.scheduler.protocol import (
 )
 from fanflow.scheduler.state import (
     FAILED,
-    NODE_DONE,
     NODE_EXCEPTION,
     NODE_FAILED,
     NODE_RUNNING,
@@ -457,8 +456,5 @@ class _Step:
         payload.update(data)
         self.out.append(Emit(event, payload))
 
-    def emit_raw(self, event: str, data: dict[str, Any]) -> None:
-        self.out.append(Emit(event, data))
 
-
-__all__ = ["NODE_DONE", "Limits", "Scheduler"]
+__all__ = ["Limits", "Scheduler"]
