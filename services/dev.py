@@ -55,7 +55,7 @@ def _reachable(url: str, default_port: int) -> tuple[str, OSError | None]:
 
 
 async def _probe(settings: Settings) -> list[str]:
-    from fanflow.amqp import AmqpBroker, BrokerError
+    from fanflow.mesh.amqp import AmqpBroker, BrokerError
     from fanflow.store import migrate
 
     problems = []

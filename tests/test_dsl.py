@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fanflow.dsl import check_file, load_workflow, parse_workflow, validate_workflow
+from fanflow.dsl.load import check_file, load_workflow, parse_workflow, validate_workflow
 from fanflow.errors import Problem, WorkflowInvalid
 from fanflow.workflow import DefaultValue, RetryConfig, Workflow
 

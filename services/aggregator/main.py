@@ -15,18 +15,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from fanflow.amqp import AmqpBroker, Delivery, Disposition
 from fanflow.errors import DecodeError
 from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
+from fanflow.mesh.amqp import AmqpBroker, Delivery, Disposition
 from fanflow.mesh.driver import Envelope, RunDriver
 from fanflow.mesh.relay import OutboxRelay
+from fanflow.mesh.topology import Topology
 from fanflow.messages import NodeTask, TaskResult
 from fanflow.metrics import AGGREGATOR_BATCH, RESULTS_APPLIED
 from fanflow.scheduler import Limits, TaskFinished, TimerFired
 from fanflow.scheduler.protocol import DEADLINE_TIMER
 from fanflow.settings import Settings
 from fanflow.store import AppRecord, RunNotFound, Store
-from fanflow.topology import Topology
 
 log = logging.getLogger("fanflow.aggregator")
 _APP_CACHE_SIZE = 10_000

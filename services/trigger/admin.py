@@ -14,7 +14,7 @@ from fanflow_services.trigger.context import Trigger, get_trigger
 from fanflow_services.trigger.errors import ApiError, invalid_param, unauthorized
 from fastapi import APIRouter, Depends, Request
 
-from fanflow.dsl import load_workflow
+from fanflow.dsl.load import load_workflow
 from fanflow.errors import WorkflowInvalid
 
 router = APIRouter(prefix="/admin", tags=["Admin"])

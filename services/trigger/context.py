@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from fanflow_services.trigger.streams import RunEvents
 from fastapi import Request
 
-from fanflow.amqp import AmqpBroker, BrokerError
+from fanflow.mesh.amqp import AmqpBroker, BrokerError
 from fanflow.mesh.driver import RunDriver
 from fanflow.mesh.relay import OutboxRelay
+from fanflow.mesh.topology import Topology
 from fanflow.scheduler import Limits
 from fanflow.settings import Settings
 from fanflow.store import Store
-from fanflow.topology import Topology
 
 log = logging.getLogger("fanflow.trigger")
 

@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from fanflow.amqp import Event
+from fanflow.mesh.amqp import Event
 from fanflow.store import AppRecord, RunRecord, node_execution_id
 
 WORKFLOW_FINISHED = "workflow_finished"

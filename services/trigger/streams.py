@@ -19,7 +19,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from fanflow.amqp import BrokerError, Event, EventSubscription
+from fanflow.mesh.amqp import BrokerError, Event, EventSubscription
 
 log = logging.getLogger("fanflow.trigger")
 

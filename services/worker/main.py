@@ -15,14 +15,14 @@ from dataclasses import replace
 
 import httpx
 
-from fanflow.amqp import AmqpBroker, Disposition
 from fanflow.executors import ExecutionContext, execute_with_timeout
 from fanflow.executors.wiring import context_from_settings
 from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
+from fanflow.mesh.amqp import AmqpBroker, Disposition
+from fanflow.mesh.topology import HEADER_READY_AT, Topology
 from fanflow.messages import NodeTask, TaskResult
 from fanflow.metrics import NODE_DURATION, NODE_EXECUTIONS, QUEUE_WAIT, TASKS_IN_FLIGHT
 from fanflow.settings import Settings
-from fanflow.topology import HEADER_READY_AT, Topology
 
 log = logging.getLogger("fanflow.worker")
 #: how many stopped run ids a worker remembers (stop broadcasts are not replayed)

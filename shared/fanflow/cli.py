@@ -100,7 +100,7 @@ def run(
     max_run_seconds: Annotated[float, typer.Option(help="Stop the run after this long.")] = 1200.0,
 ) -> None:
     """Run a workflow in this process and print its outputs as JSON."""
-    from fanflow.dsl import load_workflow
+    from fanflow.dsl.load import load_workflow
     from fanflow.executors.wiring import context_from_settings
     from fanflow.runner import EmbeddedRunner
     from fanflow.runtime import RunRequest
@@ -134,7 +134,7 @@ def validate(
     files: Annotated[list[Path], typer.Argument(help="Workflow files to check.")],
 ) -> None:
     """Check workflow files; list every problem. Exit 0 when all are valid, else 2."""
-    from fanflow.dsl import load_workflow
+    from fanflow.dsl.load import load_workflow
 
     bad = 0
     for path in files:
@@ -243,7 +243,7 @@ def mock_llm(
     ] = None,
 ) -> None:
     """Serve a deterministic OpenAI-compatible chat completions API with injectable faults."""
-    from fanflow.mock_llm import MockOptions, load_replies, serve
+    from fanflow.llm.mock_server import MockOptions, load_replies, serve
 
     try:
         options = MockOptions(

@@ -43,7 +43,7 @@ HTTP_REQUESTS = Counter(
     "fanflow_http_requests_total", "Trigger API requests.", ["route", "method", "status"]
 )
 
-# ---- external calls (fanflow.upstreams): upstream labels are bounded names, never run ids ----
+# ---- external calls (fanflow.resilience.upstreams): upstream labels are bounded names, never run ids ----
 UPSTREAM_CALLS = Counter(
     "fanflow_upstream_calls_total",
     "Attempts at external calls, by outcome: success, or the failure reason.",

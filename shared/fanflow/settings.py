@@ -48,13 +48,13 @@ class Settings(BaseSettings):
     #: one chat completion request, connect to last byte
     llm_timeout_s: float = 60.0
 
-    # ---- external calls (fanflow.upstreams) and the http-request node (fanflow.ssrf) ----
+    # ---- external calls (fanflow.resilience.upstreams) and the http-request node (fanflow.resilience.ssrf) ----
     #: let http-request nodes reach loopback, private and link-local addresses (SSRF guard off)
     http_allow_private_networks: bool = False
     #: comma-separated CIDRs, addresses and host names (`*.corp.example`) that http-request
     #: nodes may reach although they are not public
     http_allow_list: Annotated[tuple[str, ...], NoDecode] = ()
-    #: circuit breaker of every upstream (see fanflow.breaker)
+    #: circuit breaker of every upstream (see fanflow.resilience.breaker)
     breaker_window_size: int = 50
     breaker_min_calls: int = 20
     breaker_failure_rate: float = 0.5

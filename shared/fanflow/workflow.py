@@ -1,6 +1,6 @@
 """The in-memory graph of a workflow: nodes, edges, containers. Immutable once loaded.
 
-The DSL loader (`fanflow.dsl`) builds it from a Dify export; the scheduler only reads it.
+The DSL loader (`fanflow.dsl.load`) builds it from a Dify export; the scheduler only reads it.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 import fanflow.metrics
-from fanflow.mock_llm import MockOptions
+from fanflow.llm.mock_server import MockOptions
 from fanflow.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,8 +25,8 @@ import httpx
 import pytest
 from fanflow_services.dev import STOP_MARGIN_S
 
-from fanflow.amqp import AmqpBroker
-from fanflow.topology import Topology
+from fanflow.mesh.amqp import AmqpBroker
+from fanflow.mesh.topology import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 DRAIN_TIMEOUT_S = 5.0

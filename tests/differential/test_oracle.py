@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fanflow.dsl import load_workflow
+from fanflow.dsl.load import load_workflow
 from fanflow.errors import InputsInvalid, WorkflowInvalid
 from fanflow.runner import EmbeddedRunner
 from fanflow.runtime import RunRequest

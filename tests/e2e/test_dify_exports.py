@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-import fanflow.ssrf
-from fanflow.dsl import load_workflow
+import fanflow.resilience.ssrf
+from fanflow.dsl.load import load_workflow
 from fanflow.errors import WorkflowInvalid
 from fanflow.executors.wiring import context_from_settings
 from fanflow.runner import EmbeddedRunner
@@ -176,7 +176,7 @@ async def test_needs_network(name: str, mocks: Mocks, monkeypatch: pytest.Monkey
     async def no_network(host: str, port: int) -> list[str]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    monkeypatch.setattr(fanflow.ssrf, "resolve_host", no_network)
+    monkeypatch.setattr(fanflow.resilience.ssrf, "resolve_host", no_network)
     mock = mocks.start()
     inputs, node_id, error, _why = NEEDS_NETWORK[name]
     runner = EmbeddedRunner(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fanflow.dsl import load_workflow
+from fanflow.dsl.load import load_workflow
 from fanflow.executors.wiring import context_from_settings
 from fanflow.runner import EmbeddedRunner
 from fanflow.runtime import RunRequest

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fanflow.errors import NodeError
-from fanflow.sandbox import run_python
+from fanflow.sandbox.process import run_python
 
 
 async def fails(code: str, inputs: dict | None = None, **limits: object) -> NodeError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from fanflow.dsl import load_workflow
+from fanflow.dsl.load import load_workflow
 from fanflow.runner import EmbeddedRunner
 from fanflow.runtime import RunRequest
 from tests.conftest import OracleRun
@@ -49,7 +49,7 @@ def test_llm_workflow_same_as_dify(mock_llm: MockFactory, oracle: OracleRun) -> 
         theirs = {k: v for k, v in theirs.items() if k != "stream"}
         assert mine == theirs, f"{node}: fanflow sent {mine}, Dify sent {theirs}"
     # the extractor reads its `query` (a selector under a key without "selector" in it:
-    # the scheduler must carry it, as `fanflow.validate.node_selectors` lists it)
+    # the scheduler must carry it, as `fanflow.dsl.validate.node_selectors` lists it)
     assert INPUTS["q"] in our_requests[4]["messages"][-1]["content"]
     assert INPUTS["q"] in dify_requests[4]["messages"][-1]["content"]
     # the extractor offers the same tool schema

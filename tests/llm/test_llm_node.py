@@ -9,11 +9,11 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from fanflow.breaker import BreakerConfig
 from fanflow.executors import ExecutionContext, execute_task
 from fanflow.executors.llm import run_llm_node
 from fanflow.llm import Providers
-from fanflow.upstreams import RetryPolicy, UpstreamFailure, Upstreams
+from fanflow.resilience.breaker import BreakerConfig
+from fanflow.resilience.upstreams import RetryPolicy, UpstreamFailure, Upstreams
 from tests.llm.conftest import MockFactory, llm_data, make_task
 
 QUESTION = {"start.q": "how many legs has a spider", "start.topic": "arachnids"}

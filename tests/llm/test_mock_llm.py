@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from fanflow.llm.mock_replies import build_reply, load_replies, sample
-from fanflow.mock_llm import MockOptions
+from fanflow.llm.mock_server import MockOptions
 from tests.llm.conftest import MockFactory
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "one two three"}]}

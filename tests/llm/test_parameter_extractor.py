@@ -9,7 +9,7 @@ import pytest
 from fanflow.errors import NodeError
 from fanflow.executors.parameter_extractor import run_parameter_extractor
 from fanflow.llm.extraction import check_result, coerce_result, parameters_of
-from fanflow.upstreams import UpstreamFailure
+from fanflow.resilience.upstreams import UpstreamFailure
 from tests.llm.conftest import MockFactory, make_task
 
 PARAMETERS = [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fanflow.dsl import load_workflow
+from fanflow.dsl.load import load_workflow
 from fanflow.executors import ExecutionContext, execute_task
 from fanflow.executors.llm import run_llm_node
 from fanflow.llm import (
@@ -18,7 +18,7 @@ from fanflow.llm import (
     check_llm_config,
     providers_from_environment,
 )
-from fanflow.upstreams import UpstreamFailure
+from fanflow.resilience.upstreams import UpstreamFailure
 from tests.llm.conftest import LLM_DATA, make_task
 
 CONFIG = {

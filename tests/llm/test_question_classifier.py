@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fanflow.executors.question_classifier import run_question_classifier
-from fanflow.upstreams import UpstreamFailure
+from fanflow.resilience.upstreams import UpstreamFailure
 from tests.llm.conftest import LLM_DATA, ROOT, MockFactory, make_task
 
 CLASSES = [

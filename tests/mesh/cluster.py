@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fanflow.amqp import AmqpBroker, EventSubscription
-from fanflow.dsl import load_workflow
+from fanflow.dsl.load import load_workflow
+from fanflow.mesh.amqp import AmqpBroker, EventSubscription
 from fanflow.mesh.driver import FINISHED, Envelope, RunDriver
 from fanflow.mesh.relay import OutboxRelay
+from fanflow.mesh.topology import Topology
 from fanflow.runtime import RunRequest
 from fanflow.scheduler import Limits, StopRequested
 from fanflow.store import AppRecord, NodeExecutionRecord, RunRecord, Store
-from fanflow.topology import Topology
 
 #: what a service logs once it consumes (see services/*/main.py)
 _READY = {"worker": "fanflow.worker: serving", "aggregator": "fanflow.aggregator: aggregating"}

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from fanflow.amqp import (
+from fanflow.errors import DecodeError
+from fanflow.mesh.amqp import (
     AmqpBroker,
     BrokerError,
     Delivery,
@@ -23,9 +24,8 @@ from fanflow.amqp import (
     PublishFailed,
     Unroutable,
 )
-from fanflow.errors import DecodeError
+from fanflow.mesh.topology import HEADER_CLASS, HEADER_RUN_ID, Topology
 from fanflow.messages import NodeTask, TaskResult
-from fanflow.topology import HEADER_CLASS, HEADER_RUN_ID, Topology
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from fanflow.amqp import Disposition
+from fanflow.mesh.amqp import Disposition
 from fanflow.messages import NodeTask
 from tests.mesh.conftest import MakeCluster
 

@@ -9,12 +9,12 @@ from sqlalchemy import func, select
 
 from fanflow.mesh.driver import DELAY_STEPS_MS, Envelope, RunDriver, delay_step_ms
 from fanflow.mesh.relay import OutboxRelay
+from fanflow.mesh.topology import Topology
 from fanflow.messages import NodeTask
 from fanflow.runtime import RunRequest
 from fanflow.scheduler import Limits, TaskFinished
 from fanflow.store import Store
 from fanflow.store.schema import processed_messages
-from fanflow.topology import Topology
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from fanflow.dsl import load_workflow
+from fanflow.dsl.load import load_workflow
 from fanflow.runner import EmbeddedRunner, RunResult
 from fanflow.runtime import RunRequest
 from fanflow.store import RunRecord

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fanflow.breaker import CLOSED, HALF_OPEN, OPEN, BreakerConfig, CircuitBreaker
+from fanflow.resilience.breaker import CLOSED, HALF_OPEN, OPEN, BreakerConfig, CircuitBreaker
 from tests.resilience.clock import FakeClock
 
 CONFIG = BreakerConfig(

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from fanflow import ssrf
-from fanflow.ssrf import AddressGuard, AllowList, SsrfRefused, refusal
+from fanflow.resilience import ssrf
+from fanflow.resilience.ssrf import AddressGuard, AllowList, SsrfRefused, refusal
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 from fanflow.errors import NodeError
 from fanflow.executors import ExecutionContext, ExecutionOutcome, base, execute_task
 from fanflow.messages import NodeTask
-from fanflow.upstreams import UpstreamFailure
+from fanflow.resilience.upstreams import UpstreamFailure
 
 
 def task() -> NodeTask:

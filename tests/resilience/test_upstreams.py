@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from fanflow import upstreams as upstreams_module
-from fanflow.breaker import BreakerConfig
-from fanflow.ratelimit import TokenBucket, UpstreamLimits, limits_for, load_limits
-from fanflow.upstreams import RetryPolicy, UpstreamFailure, Upstreams, parse_retry_after
+from fanflow.resilience import upstreams as upstreams_module
+from fanflow.resilience.breaker import BreakerConfig
+from fanflow.resilience.ratelimit import TokenBucket, UpstreamLimits, limits_for, load_limits
+from fanflow.resilience.upstreams import RetryPolicy, UpstreamFailure, Upstreams, parse_retry_after
 from tests.resilience.clock import FakeClock
 
 FAST = RetryPolicy(initial_backoff_s=0.001, max_backoff_s=0.005)

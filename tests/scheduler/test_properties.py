@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fanflow.validate import validate_workflow
+from fanflow.dsl.validate import validate_workflow
 from fanflow.workflow import Workflow
 from tests.scheduler.graphs import workflows
 from tests.scheduler.harness import simulate

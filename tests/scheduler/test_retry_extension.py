@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from fanflow.dsl import load_workflow
+from fanflow.dsl.load import load_workflow
 from fanflow.messages import TaskResult
 from fanflow.scheduler import DispatchTask, Limits, RunFinished, Scheduler, TaskFinished
 from fanflow.workflow import RetryConfig

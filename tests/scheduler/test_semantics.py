@@ -1162,7 +1162,7 @@ workflow:
 
 @pytest.mark.parametrize(("enabled", "retried"), [("true", True), ("false", False)])
 def test_retry_config_from_a_dify_export(enabled: str, retried: bool) -> None:
-    from fanflow.dsl import load_workflow
+    from fanflow.dsl.load import load_workflow
 
     workflow = load_workflow("retry.yml", text=_RETRY_YAML.replace("ENABLED", enabled))
     run = Run(workflow)

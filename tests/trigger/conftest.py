@@ -22,9 +22,9 @@ import uvicorn
 from fanflow_services.trigger.app import create_app
 from fastapi import FastAPI
 
-from fanflow.amqp import AmqpBroker
+from fanflow.mesh.amqp import AmqpBroker
+from fanflow.mesh.topology import Topology
 from fanflow.settings import Settings
-from fanflow.topology import Topology
 from tests.conftest import AMQP_URL, ROOT, require_service
 from tests.mesh.cluster import Cluster
 

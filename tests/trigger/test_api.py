@@ -17,9 +17,9 @@ import typer
 from fanflow_services.trigger import api
 from fanflow_services.trigger.client import import_app
 
-from fanflow.amqp import AmqpBroker
+from fanflow.mesh.amqp import AmqpBroker
 from fanflow.mesh.driver import event_body
-from fanflow.topology import Topology
+from fanflow.mesh.topology import Topology
 from tests.trigger.conftest import ADMIN_TOKEN, HELLO, StartServer, bearer, read_sse
 
 RUN = "/v1/workflows/run"

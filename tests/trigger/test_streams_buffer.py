@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fanflow_services.trigger import streams
 
-from fanflow.amqp import Event
+from fanflow.mesh.amqp import Event
 
 
 class _Hub:

@@ -17,8 +17,8 @@ from typing import Any
 
 from fanflow.errors import NodeError
 from fanflow.messages import NodeTask, TaskResult
-from fanflow.sandbox import DEFAULT_MAX_OUTPUT_BYTES
-from fanflow.upstreams import UpstreamFailure
+from fanflow.resilience.upstreams import UpstreamFailure
+from fanflow.sandbox.process import DEFAULT_MAX_OUTPUT_BYTES
 from fanflow.workflow import TASK_NODE_TYPES
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class ExecutionContext:
     #: CPU seconds per code run; None leaves only the wall-clock limit
     code_cpu_s: int | None = None
     code_max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
-    #: breakers and rate limits per upstream (`fanflow.upstreams.Upstreams`); None: unguarded
+    #: breakers and rate limits per upstream (`fanflow.resilience.upstreams.Upstreams`); None: unguarded
     upstreams: Any = None
     #: the pooled `httpx.AsyncClient` for LLM calls (the worker owns and closes it)
     http_client: Any = None

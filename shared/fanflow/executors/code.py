@@ -18,7 +18,7 @@ from fanflow.errors import NodeError
 from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label, register
 from fanflow.messages import NodeTask
 from fanflow.nodes.outputs import check_code_outputs
-from fanflow.sandbox import run_python
+from fanflow.sandbox.process import run_python
 from fanflow.variables import resolve_or_none
 
 

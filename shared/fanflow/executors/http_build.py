@@ -22,7 +22,7 @@ import httpx
 
 from fanflow.errors import NodeError
 from fanflow.messages import NodeTask
-from fanflow.upstreams import UpstreamFailure
+from fanflow.resilience.upstreams import UpstreamFailure
 from fanflow.variables import Lookup, render
 
 #: Dify's HTTP_REQUEST_MAX_{CONNECT,READ,WRITE}_TIMEOUT: defaults and caps of `timeout`

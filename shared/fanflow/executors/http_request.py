@@ -14,7 +14,7 @@ Resilience: the call goes through `context.upstreams` as upstream `host:<host>`.
 methods (GET, HEAD, OPTIONS, PUT, DELETE) get up to 3 quick in-worker attempts on connection
 errors, timeouts, 5xx and 429; the others exactly one, since a repeated POST can act twice.
 Redirects are followed here (at most 5), each hop through the SSRF guard
-(`fanflow.ssrf`); Authorization headers and cookies are dropped when a redirect leaves the
+(`fanflow.resilience.ssrf`); Authorization headers and cookies are dropped when a redirect leaves the
 origin.
 
 Departures from Dify: files are not supported yet — form-data file items, binary bodies and
@@ -55,8 +55,8 @@ from fanflow.executors.http_response import (
     reply_outputs,
 )
 from fanflow.messages import NodeTask
-from fanflow.ssrf import AddressGuard, GuardedTransport, SsrfRefused
-from fanflow.upstreams import RetryPolicy, UpstreamFailure
+from fanflow.resilience.ssrf import AddressGuard, GuardedTransport, SsrfRefused
+from fanflow.resilience.upstreams import RetryPolicy, UpstreamFailure
 
 __all__ = [
     "IDEMPOTENT_METHODS",

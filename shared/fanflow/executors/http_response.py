@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from fanflow.executors.http_build import invalid, unsupported
-from fanflow.upstreams import UpstreamFailure, parse_retry_after
+from fanflow.resilience.upstreams import UpstreamFailure, parse_retry_after
 
 #: Dify's HTTP_REQUEST_NODE_MAX_TEXT_SIZE and _MAX_BINARY_SIZE
 MAX_TEXT_BYTES = 1024 * 1024

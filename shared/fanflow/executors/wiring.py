@@ -6,8 +6,8 @@ from typing import Any
 
 from fanflow.executors.base import ExecutionContext
 from fanflow.llm.providers import Providers
+from fanflow.resilience.upstreams import Upstreams
 from fanflow.settings import Settings
-from fanflow.upstreams import Upstreams
 
 
 def context_from_settings(settings: Settings, *, http_client: Any = None) -> ExecutionContext:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import httpx
 
 from fanflow.llm.providers import Endpoint
-from fanflow.upstreams import UpstreamFailure, parse_retry_after
+from fanflow.resilience.upstreams import UpstreamFailure, parse_retry_after
 
 T = TypeVar("T")
 #: the header naming the calling node (`fanflow mock-llm` answers by it)

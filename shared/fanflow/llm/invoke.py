@@ -17,7 +17,7 @@ from fanflow.llm.providers import (
     providers_from_environment,
 )
 from fanflow.messages import NodeTask
-from fanflow.upstreams import UpstreamFailure
+from fanflow.resilience.upstreams import UpstreamFailure
 
 T = TypeVar("T")
 

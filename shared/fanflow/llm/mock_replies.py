@@ -13,7 +13,7 @@ import yaml
 
 
 class ReplyOptions(Protocol):
-    """The options answers depend on (`fanflow.mock_llm.MockOptions`)."""
+    """The options answers depend on (`fanflow.llm.mock_server.MockOptions`)."""
 
     @property
     def mode(self) -> str: ...

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fanflow.dsl import load_workflow
+from fanflow.dsl.load import load_workflow
+from fanflow.mesh.topology import HEADER_READY_AT, Topology
 from fanflow.metrics import NODE_RETRIES, RUN_DURATION, RUNS_FINISHED, RUNS_STARTED
 from fanflow.runtime import RunRequest, prepare_run
 from fanflow.scheduler import (
@@ -35,7 +36,6 @@ from fanflow.scheduler import (
     load_state,
 )
 from fanflow.store import AppRecord, OutboxMessage, RunTransaction, Store
-from fanflow.topology import HEADER_READY_AT, Topology
 from fanflow.workflow import TASK_NODE_TYPES, Workflow
 
 KIND_TASK, KIND_EVENT, KIND_CONTROL = "task", "event", "control"

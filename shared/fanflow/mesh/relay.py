@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from fanflow.amqp import AmqpBroker, BrokerError
+from fanflow.mesh.amqp import AmqpBroker, BrokerError
 from fanflow.mesh.driver import KIND_CONTROL, KIND_EVENT, KIND_TASK
 from fanflow.store import OutboxMessage, Store
 

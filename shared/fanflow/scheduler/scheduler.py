@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fanflow.dsl.inputs import node_selectors
 from fanflow.errors import NodeError
 from fanflow.messages import NodeTask, TaskResult, task_id_for
-from fanflow.node_inputs import node_selectors
 from fanflow.scheduler import containers, inline
 from fanflow.scheduler.lookup import ScopeLookup
 from fanflow.scheduler.protocol import (

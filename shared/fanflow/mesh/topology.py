@@ -1,6 +1,6 @@
 """Names and declarations of every exchange and queue fanflow uses on RabbitMQ.
 
-Pure data: this module computes names, routes, arguments and headers; `fanflow.amqp` is the
+Pure data: this module computes names, routes, arguments and headers; `fanflow.mesh.amqp` is the
 only module that turns them into AMQP calls. Everything is prefixed by a namespace so
 several deployments (and tests) can share one virtual host.
 

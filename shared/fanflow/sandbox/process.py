@@ -7,7 +7,7 @@ dumps), asks to die with its parent, makes itself non-dumpable, forbids privileg
 drops every capability. The request (code, inputs) goes in on stdin; the result comes back as
 JSON on the child's original stdout, while the user's `print()` and fd 1 are redirected to
 stderr, so printing cannot corrupt the result. On a wall-clock timeout, and after every run,
-the whole process group is killed. The child's program is `fanflow.sandbox_child`.
+the whole process group is killed. The child's program is `fanflow.sandbox.child`.
 
 This contains mistakes, it is not a security boundary like nsjail or gVisor. The code keeps
 the worker's user id (as root it still owns root's files), its filesystem view and its
@@ -270,5 +270,5 @@ def _size(n_bytes: int) -> str:
 
 @functools.cache
 def _child_source() -> str:
-    """The program of the child interpreter: `sandbox_child.py`, read from the package."""
-    return resources.files("fanflow").joinpath("sandbox_child.py").read_text(encoding="utf-8")
+    """The program of the child interpreter: `child.py` of this package."""
+    return resources.files("fanflow.sandbox").joinpath("child.py").read_text(encoding="utf-8")

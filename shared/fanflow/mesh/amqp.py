@@ -1,9 +1,9 @@
 """The RabbitMQ transport: only amqp*.py modules import aio_pika.
 
 `AmqpBroker` publishes with publisher confirms (mandatory publishes raise `Unroutable`),
-declares `fanflow.topology`, and runs consumers (`fanflow.amqp_consumers`) whose handlers
+declares `fanflow.mesh.topology`, and runs consumers (`fanflow.mesh.amqp_consumers`) whose handlers
 never see AMQP: a handler gets the body, the headers and the redelivered flag, and returns a
-`Disposition` (`fanflow.transport`); the consumer loop (`_settle`, the one place) acks,
+`Disposition` (`fanflow.mesh.transport`); the consumer loop (`_settle`, the one place) acks,
 requeues or rejects to the dead-letter exchange accordingly.
 """
 
@@ -25,7 +25,7 @@ from aio_pika.abc import (
     DeliveryMode,
 )
 
-from fanflow.amqp_consumers import (
+from fanflow.mesh.amqp_consumers import (
     BatchConsumer,
     Consumer,
     ControlSubscription,
@@ -34,9 +34,8 @@ from fanflow.amqp_consumers import (
     Subscription,
     broker_errors,
 )
-from fanflow.messages import NodeTask, TaskResult
-from fanflow.topology import QueueSpec, Topology
-from fanflow.transport import (
+from fanflow.mesh.topology import QueueSpec, Topology
+from fanflow.mesh.transport import (
     BatchHandler,
     BrokerError,
     Delivery,
@@ -46,6 +45,7 @@ from fanflow.transport import (
     PublishFailed,
     Unroutable,
 )
+from fanflow.messages import NodeTask, TaskResult
 
 __all__ = [
     "AmqpBroker",

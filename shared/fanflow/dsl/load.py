@@ -7,7 +7,7 @@ Three document shapes are read:
 - a graphon graph document: `kind: graph` with `graph` (or `graph_config`) holding
   `{nodes, edges}`; it has no mode and no declared start inputs (graphon puts every start
   input at both `[start_id, name]` and `[sys, name]`), so of its references only the
-  order is checked (see `fanflow.validate`);
+  order is checked (see `fanflow.dsl.validate`);
 - a bare `{nodes, edges}` graph (Dify's builder fixtures), read like a graph document.
 
 Loaded documents carry `extra["kind"]` = "app" or "graph". Chatflows (`advanced-chat`) load
@@ -23,10 +23,10 @@ from typing import Any
 
 import yaml
 
-from fanflow.dsl_graph import ERROR_STRATEGIES as ERROR_STRATEGIES
-from fanflow.dsl_graph import build_workflow
+from fanflow.dsl.graph import ERROR_STRATEGIES as ERROR_STRATEGIES
+from fanflow.dsl.graph import build_workflow
+from fanflow.dsl.validate import validate_workflow
 from fanflow.errors import Problem, WorkflowInvalid
-from fanflow.validate import validate_workflow
 from fanflow.workflow import Workflow
 
 __all__ = [

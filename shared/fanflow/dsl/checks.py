@@ -1,6 +1,6 @@
 """Per-node-type checks of the fields the engine reads from `node.data`, no more.
 
-`fanflow.validate` calls `check_node_fields` for each node of a supported type and puts the
+`fanflow.dsl.validate` calls `check_node_fields` for each node of a supported type and puts the
 node's id and title on every message.
 """
 

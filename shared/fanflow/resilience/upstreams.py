@@ -13,7 +13,7 @@ Per upstream, one call:
    (`retryable=True`, `retry_after_s`), which re-queues the task when the node's retry
    config allows it.
 
-State is per process (see `fanflow.ratelimit`).
+State is per process (see `fanflow.resilience.ratelimit`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from fanflow.breaker import CLOSED, HALF_OPEN, OPEN, BreakerConfig, CircuitBreaker
 from fanflow.errors import NodeError
 from fanflow.metrics import (
     CIRCUIT_BREAKER_STATE,
@@ -38,7 +37,8 @@ from fanflow.metrics import (
     UPSTREAM_CALLS,
     UPSTREAM_RETRIES,
 )
-from fanflow.ratelimit import Limiter, UpstreamLimits, limits_for, load_limits
+from fanflow.resilience.breaker import CLOSED, HALF_OPEN, OPEN, BreakerConfig, CircuitBreaker
+from fanflow.resilience.ratelimit import Limiter, UpstreamLimits, limits_for, load_limits
 
 if TYPE_CHECKING:
     from fanflow.settings import Settings

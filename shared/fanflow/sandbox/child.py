@@ -1,6 +1,6 @@
-"""The child side of `fanflow.sandbox`: the program the sandboxed interpreter runs.
+"""The child side of `fanflow.sandbox.process`: the program the sandboxed interpreter runs.
 
-Not imported: `fanflow.sandbox` reads this file's text and passes it to `python -c`, so it must
+Not imported: `fanflow.sandbox.process` reads this file's text and passes it to `python -c`, so it must
 stay self-contained (stdlib only, nothing from fanflow) and run under the interpreter flags
 `-P -s -S -B`. It reads the request from stdin, sets the limits, runs the user's `main()` and
 writes one JSON verdict to the original stdout, then exits without interpreter shutdown.

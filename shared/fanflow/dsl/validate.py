@@ -1,7 +1,7 @@
 """Check a loaded `Workflow` before it runs: structure, node fields and variable references.
 
 Every check appends to one list, so a file's problems are reported together. The per-node-type
-field checks live in `fanflow.node_checks`; `check_node_fields` is re-exported here.
+field checks live in `fanflow.dsl.checks`; `check_node_fields` is re-exported here.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from graphlib import CycleError, TopologicalSorter
 
+from fanflow.dsl.checks import check_node_fields
+from fanflow.dsl.inputs import node_selectors
 from fanflow.errors import Problem
-from fanflow.node_checks import check_node_fields
-from fanflow.node_inputs import node_selectors
 from fanflow.variables import Selector, selector_key
 from fanflow.workflow import SUPPORTED_NODE_TYPES, Node, Workflow
 

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 from fanflow.metrics import SSRF_REFUSALS
-from fanflow.upstreams import UpstreamFailure
+from fanflow.resilience.upstreams import UpstreamFailure
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -2,7 +2,7 @@
 
 Reads nodes (id, type, title, container, error strategy, retry, default values), edges and
 the environment and conversation variables, reporting every malformed entry and skipping it.
-The document shapes are told apart in `fanflow.dsl`, which calls `build_workflow`.
+The document shapes are told apart in `fanflow.dsl.load`, which calls `build_workflow`.
 """
 
 from __future__ import annotations

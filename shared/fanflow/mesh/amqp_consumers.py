@@ -1,6 +1,6 @@
 """The consumer side of the RabbitMQ transport: consumers, subscriptions, settling.
 
-Part of the AMQP transport (`fanflow.amqp` starts these on its channels); only amqp*.py
+Part of the AMQP transport (`fanflow.mesh.amqp` starts these on its channels); only amqp*.py
 modules import aio_pika. `_settle` is the one place where a delivery is acknowledged,
 requeued or dead-lettered.
 """
@@ -23,11 +23,11 @@ from aio_pika.abc import (
 )
 
 from fanflow.errors import DecodeError
-from fanflow.topology import Topology
-from fanflow.transport import BatchHandler, BrokerError, Delivery, Disposition, Event, Handler
+from fanflow.mesh.topology import Topology
+from fanflow.mesh.transport import BatchHandler, BrokerError, Delivery, Disposition, Event, Handler
 
 # the transport's logger, as before the split: log settings that name it keep working
-log = logging.getLogger("fanflow.amqp")
+log = logging.getLogger("fanflow.mesh.amqp")
 
 T = TypeVar("T")
 
