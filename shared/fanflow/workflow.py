@@ -11,33 +11,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-#: Node types that run as tasks on workers (they call out or run user code).
-TASK_NODE_TYPES = frozenset(
-    {"code", "llm", "http-request", "parameter-extractor", "question-classifier"}
-)
-#: Node types evaluated inline by the scheduler.
-INLINE_NODE_TYPES = frozenset(
-    {
-        "start",
-        "end",
-        "answer",
-        "if-else",
-        "template-transform",
-        "variable-aggregator",
-        "variable-assigner",
-        "assigner",
-        "list-operator",
-        "iteration",
-        "iteration-start",
-        "loop",
-        "loop-start",
-        "loop-end",
-    }
-)
-SUPPORTED_NODE_TYPES = TASK_NODE_TYPES | INLINE_NODE_TYPES
-CONTAINER_NODE_TYPES = frozenset({"iteration", "loop"})
-#: Node types whose failure can be retried by `retry_config`.
-RETRYABLE_NODE_TYPES = frozenset({"llm", "code", "http-request", "tool"})
+from fanflow.registry import BODY_STARTS, CONTAINER_NODE_TYPES, TASK_NODE_TYPES
 
 
 @dataclass(frozen=True)
@@ -169,7 +143,7 @@ class Workflow:
 
     def start_node(self, container_id: str | None = None) -> Node:
         """The entry node of the top-level graph or of a container's body."""
-        wanted = {"start"} if container_id is None else {"iteration-start", "loop-start"}
+        wanted = {"start"} if container_id is None else set(BODY_STARTS.values())
         for node_id in self.children.get(container_id, ()):
             if self.nodes[node_id].type in wanted:
                 return self.nodes[node_id]

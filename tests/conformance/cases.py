@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from fanflow.workflow import SUPPORTED_NODE_TYPES, TASK_NODE_TYPES
+from fanflow.registry import SUPPORTED_NODE_TYPES, TASK_NODE_TYPES
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "dify" / "fixtures"
 #: task node types that run for real here; the others need a mocked LLM answer

@@ -24,10 +24,10 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from prometheus_client import REGISTRY
 
-from fanflow.resilience import ssrf
 from fanflow.executors import ExecutionContext, execute_task
 from fanflow.executors import http_request as http_module
 from fanflow.messages import NodeTask, TaskResult
+from fanflow.resilience import ssrf
 from fanflow.resilience.upstreams import Upstreams
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4

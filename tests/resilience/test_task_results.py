@@ -25,7 +25,7 @@ async def fails_with(monkeypatch: pytest.MonkeyPatch, error: NodeError):  # type
     async def executor(task: NodeTask, context: ExecutionContext) -> ExecutionOutcome:
         raise error
 
-    monkeypatch.setitem(base._EXECUTORS, "x-upstream-test", executor)
+    monkeypatch.setattr(base, "executor_for", lambda node_type: executor)
     return await execute_task(task(), ExecutionContext())
 
 

@@ -6,11 +6,13 @@ node's id and title on every message.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from fanflow.registry import node_type
 from fanflow.workflow import Node
 
+#: the `check_*` functions are named by `fanflow.registry`
 __all__ = ["check_node_fields"]
 
 _Problems = list[str]
@@ -23,9 +25,9 @@ _CODE_OUTPUT_TYPES = frozenset(
 def check_node_fields(node: Node) -> list[str]:
     """What is wrong with the fields the engine reads from `node.data` (empty: fine)."""
     problems: _Problems = []
-    check = _FIELD_CHECKS.get(node.type)
-    if check is not None:
-        check(node.data, problems)
+    declared = node_type(node.type)
+    if declared is not None and declared.check is not None:
+        declared.check(node.data, problems)
     return problems
 
 
@@ -90,7 +92,7 @@ def _check_conditions(conditions: list[Mapping[str, Any]], where: str, problems:
             problems.append(f"{where}[{i}].comparison_operator must be text")
 
 
-def _start(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_start(data: Mapping[str, Any], problems: _Problems) -> None:
     names = [item.get("variable") for item in _entries(data, "variables", problems)]
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name:
@@ -99,11 +101,11 @@ def _start(data: Mapping[str, Any], problems: _Problems) -> None:
             problems.append(f"start input {name!r} is declared twice")
 
 
-def _end(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_end(data: Mapping[str, Any], problems: _Problems) -> None:
     _check_bindings(data, problems, "outputs")
 
 
-def _code(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_code(data: Mapping[str, Any], problems: _Problems) -> None:
     _need_choice(data, "code_language", ("python3", "javascript"), problems)
     _need_text(data, "code", problems)
     _check_bindings(data, problems)
@@ -123,16 +125,16 @@ def _code(data: Mapping[str, Any], problems: _Problems) -> None:
             )
 
 
-def _template(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_template(data: Mapping[str, Any], problems: _Problems) -> None:
     _need_text(data, "template", problems)
     _check_bindings(data, problems)
 
 
-def _answer(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_answer(data: Mapping[str, Any], problems: _Problems) -> None:
     _need_text(data, "answer", problems)
 
 
-def _if_else(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_if_else(data: Mapping[str, Any], problems: _Problems) -> None:
     if data.get("cases") is None:  # legacy single case "true"
         _need_choice(data, "logical_operator", ("and", "or"), problems)
         _check_conditions(_entries(data, "conditions", problems), "conditions", problems)
@@ -146,7 +148,7 @@ def _if_else(data: Mapping[str, Any], problems: _Problems) -> None:
         )
 
 
-def _iteration(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_iteration(data: Mapping[str, Any], problems: _Problems) -> None:
     _need_selector(data, "iterator_selector", problems)
     if data.get("output_selector") not in (None, []):
         _need_selector(data, "output_selector", problems)
@@ -161,7 +163,7 @@ def _iteration(data: Mapping[str, Any], problems: _Problems) -> None:
     _need_choice(data, "error_handle_mode", modes, problems)
 
 
-def _loop(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_loop(data: Mapping[str, Any], problems: _Problems) -> None:
     count = data.get("loop_count")
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         problems.append(f"loop_count must be a whole number >= 0, got {count!r}")
@@ -177,7 +179,7 @@ def _loop(data: Mapping[str, Any], problems: _Problems) -> None:
             )
 
 
-def _aggregator(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_aggregator(data: Mapping[str, Any], problems: _Problems) -> None:
     lists = [("variables", data.get("variables"))]
     settings = data.get("advanced_settings")
     if isinstance(settings, Mapping) and settings.get("group_enabled"):
@@ -190,7 +192,7 @@ def _aggregator(data: Mapping[str, Any], problems: _Problems) -> None:
             problems.append(f"{where} must be a list of selectors, got {selectors!r}")
 
 
-def _assigner(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_assigner(data: Mapping[str, Any], problems: _Problems) -> None:
     if str(data.get("version") or "1") != "2":
         _need_selector(data, "assigned_variable_selector", problems)
         _need_choice(data, "write_mode", ("over-write", "append", "clear"), problems)
@@ -211,49 +213,29 @@ def _assigner(data: Mapping[str, Any], problems: _Problems) -> None:
             problems.append(f"items[{i}].value must be a selector, got {item.get('value')!r}")
 
 
-def _list_operator(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_list_operator(data: Mapping[str, Any], problems: _Problems) -> None:
     _need_selector(data, "variable", problems)
 
 
-def _http(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_http(data: Mapping[str, Any], problems: _Problems) -> None:
     _need_text(data, "method", problems)
     _need_text(data, "url", problems)
 
 
-def _llm(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_llm(data: Mapping[str, Any], problems: _Problems) -> None:
     if not isinstance(data.get("model"), Mapping):
         problems.append("model must be a mapping {provider, name, ...}")
     if not isinstance(data.get("prompt_template"), list | Mapping):
         problems.append("prompt_template must be a list of messages or one {text}")
 
 
-def _parameter_extractor(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_parameter_extractor(data: Mapping[str, Any], problems: _Problems) -> None:
     _need_selector(data, "query", problems)
     _entries(data, "parameters", problems)
 
 
-def _question_classifier(data: Mapping[str, Any], problems: _Problems) -> None:
+def check_question_classifier(data: Mapping[str, Any], problems: _Problems) -> None:
     _need_selector(data, "query_variable_selector", problems)
     for i, item in enumerate(_entries(data, "classes", problems)):
         if item.get("id") in (None, ""):
             problems.append(f"classes[{i}].id is missing")
-
-
-_FIELD_CHECKS: dict[str, Callable[[Mapping[str, Any], _Problems], None]] = {
-    "start": _start,
-    "end": _end,
-    "answer": _answer,
-    "code": _code,
-    "template-transform": _template,
-    "if-else": _if_else,
-    "iteration": _iteration,
-    "loop": _loop,
-    "variable-aggregator": _aggregator,
-    "variable-assigner": _aggregator,
-    "assigner": _assigner,
-    "list-operator": _list_operator,
-    "http-request": _http,
-    "llm": _llm,
-    "parameter-extractor": _parameter_extractor,
-    "question-classifier": _question_classifier,
-}

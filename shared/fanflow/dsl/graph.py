@@ -13,15 +13,8 @@ from dataclasses import replace
 from typing import Any
 
 from fanflow.errors import Problem
-from fanflow.workflow import (
-    RETRYABLE_NODE_TYPES,
-    DefaultValue,
-    Edge,
-    EnvironmentVariable,
-    Node,
-    RetryConfig,
-    Workflow,
-)
+from fanflow.registry import RETRYABLE_NODE_TYPES
+from fanflow.workflow import DefaultValue, Edge, EnvironmentVariable, Node, RetryConfig, Workflow
 
 __all__ = ["ERROR_STRATEGIES", "build_workflow"]
 

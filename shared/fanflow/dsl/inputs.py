@@ -1,11 +1,17 @@
 """Which variables a node reads: the selectors the scheduler resolves and ships with a task,
-and the validator checks against the graph."""
+and the validator checks against the graph.
+
+Most selectors sit under keys with 'selector' in their name (`referenced_selectors` finds
+them); the `*_reads` functions here list the others, per node type, as `fanflow.registry`
+names them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from fanflow.registry import node_type
 from fanflow.variables import Selector, referenced_selectors
 from fanflow.workflow import Node
 
@@ -13,38 +19,50 @@ from fanflow.workflow import Node
 def node_selectors(node: Node) -> list[Selector]:
     """Every selector `node` reads: `referenced_selectors` plus the fields it cannot spot."""
     found = dict.fromkeys(referenced_selectors(node.data))
-    for selector in _untagged_selectors(node):
-        found.setdefault(selector, None)
+    declared = node_type(node.type)
+    if declared is not None and declared.reads is not None:
+        for candidate in declared.reads(node.data):
+            if _is_selector(candidate):
+                found.setdefault(tuple(candidate), None)
     return list(found)
 
 
-def _untagged_selectors(node: Node) -> Iterator[Selector]:
-    """Selectors kept under keys without 'selector' in their name."""
-    data = node.data
-    candidates: list[Any] = []
-    if node.type in ("variable-aggregator", "variable-assigner"):
-        candidates.extend(data.get("variables") or [])
-        settings = data.get("advanced_settings")
-        if isinstance(settings, Mapping) and settings.get("group_enabled"):
-            for group in settings.get("groups") or []:
-                if isinstance(group, Mapping):
-                    candidates.extend(group.get("variables") or [])
-    elif node.type == "loop":
-        for item in data.get("loop_variables") or []:
-            if isinstance(item, Mapping) and item.get("value_type") == "variable":
-                candidates.append(item.get("value"))
-    elif node.type == "assigner":
-        for item in data.get("items") or []:
-            if isinstance(item, Mapping) and item.get("input_type") == "variable":
-                candidates.append(item.get("value"))
-    elif node.type == "list-operator":
-        candidates.append(data.get("variable"))
-    elif node.type == "parameter-extractor":
-        candidates.append(data.get("query"))
-    for candidate in candidates:
-        if (
-            isinstance(candidate, list)
-            and len(candidate) >= 2
-            and all(isinstance(part, str) and part for part in candidate)
-        ):
-            yield tuple(candidate)
+def _is_selector(candidate: Any) -> bool:
+    return (
+        isinstance(candidate, list)
+        and len(candidate) >= 2
+        and all(isinstance(part, str) and part for part in candidate)
+    )
+
+
+def aggregator_reads(data: Mapping[str, Any]) -> Iterator[Any]:
+    yield from data.get("variables") or []
+    settings = data.get("advanced_settings")
+    if isinstance(settings, Mapping) and settings.get("group_enabled"):
+        for group in settings.get("groups") or []:
+            if isinstance(group, Mapping):
+                yield from group.get("variables") or []
+
+
+def loop_reads(data: Mapping[str, Any]) -> Iterator[Any]:
+    for item in _mappings(data.get("loop_variables")):
+        if item.get("value_type") == "variable":
+            yield item.get("value")
+
+
+def assigner_reads(data: Mapping[str, Any]) -> Iterator[Any]:
+    for item in _mappings(data.get("items")):
+        if item.get("input_type") == "variable":
+            yield item.get("value")
+
+
+def list_operator_reads(data: Mapping[str, Any]) -> Iterator[Any]:
+    yield data.get("variable")
+
+
+def parameter_extractor_reads(data: Mapping[str, Any]) -> Iterator[Any]:
+    yield data.get("query")
+
+
+def _mappings(value: Any) -> Iterable[Mapping[str, Any]]:
+    return [item for item in value or [] if isinstance(item, Mapping)]

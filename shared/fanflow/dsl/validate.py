@@ -12,8 +12,9 @@ from graphlib import CycleError, TopologicalSorter
 from fanflow.dsl.checks import check_node_fields
 from fanflow.dsl.inputs import node_selectors
 from fanflow.errors import Problem
+from fanflow.registry import BODY_STARTS, SUPPORTED_NODE_TYPES
 from fanflow.variables import Selector, selector_key
-from fanflow.workflow import SUPPORTED_NODE_TYPES, Node, Workflow
+from fanflow.workflow import Node, Workflow
 
 __all__ = ["SYSTEM_VARIABLES", "check_node_fields", "node_selectors", "validate_workflow"]
 
@@ -25,7 +26,8 @@ SYSTEM_VARIABLES: Mapping[str, frozenset[str]] = {
     "workflow": _WORKFLOW_SYSTEM,
     "advanced-chat": _WORKFLOW_SYSTEM | {"query", "conversation_id", "dialogue_count"},
 }
-_CONTAINER_START = {"iteration": "iteration-start", "loop": "loop-start"}
+_CONTAINER_START = BODY_STARTS
+_STARTED_BY = {start: container for container, start in BODY_STARTS.items()}
 
 
 def validate_workflow(workflow: Workflow) -> list[Problem]:
@@ -96,8 +98,8 @@ def _check_starts(
 
     for node in workflow.nodes.values():
         container = workflow.nodes.get(_scope(scopes, node.id) or "")
-        if node.type in ("iteration-start", "loop-start"):
-            wanted = {"iteration-start": "iteration", "loop-start": "loop"}[node.type]
+        if node.type in _STARTED_BY:
+            wanted = _STARTED_BY[node.type]
             if container is None or container.type != wanted:
                 problems.append(_at(node, f"{node.type} node outside a {wanted}"))
         if not node.is_container:

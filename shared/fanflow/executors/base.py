@@ -1,4 +1,4 @@
-"""The executor registry: which coroutine runs which task node type, and the one entry point.
+"""Running a task: the one entry point over the executors `fanflow.registry` declares.
 
 An executor takes a `NodeTask` and an `ExecutionContext`, returns an `ExecutionOutcome` and
 raises `NodeError` when the node fails. `execute_task` turns both into a `TaskResult`, so the
@@ -17,9 +17,9 @@ from typing import Any
 
 from fanflow.errors import NodeError
 from fanflow.messages import NodeTask, TaskResult
+from fanflow.registry import node_type as _node_type
 from fanflow.resilience.upstreams import UpstreamFailure
 from fanflow.sandbox.process import DEFAULT_MAX_OUTPUT_BYTES
-from fanflow.workflow import TASK_NODE_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -59,23 +59,11 @@ class ExecutionOutcome:
 
 Executor = Callable[[NodeTask, ExecutionContext], Awaitable[ExecutionOutcome]]
 
-_EXECUTORS: dict[str, Executor] = {}
-
-
-def register(node_type: str) -> Callable[[Executor], Executor]:
-    """Decorator: `executor` runs tasks of `node_type` (one executor per type)."""
-
-    def decorate(executor: Executor) -> Executor:
-        if node_type in _EXECUTORS and _EXECUTORS[node_type] is not executor:
-            raise ValueError(f"an executor for node type {node_type!r} is already registered")
-        _EXECUTORS[node_type] = executor
-        return executor
-
-    return decorate
-
 
 def executor_for(node_type: str) -> Executor | None:
-    return _EXECUTORS.get(node_type)
+    """The executor `fanflow.registry` declares for a task node type (None: not a task)."""
+    declared = _node_type(node_type)
+    return declared.execute if declared is not None else None
 
 
 def node_label(task: NodeTask) -> str:
@@ -92,7 +80,7 @@ async def execute_task(task: NodeTask, context: ExecutionContext) -> TaskResult:
     reported as ``InternalError``. Cancellation is not a failure and propagates.
     """
     started = time.monotonic()
-    executor = _EXECUTORS.get(task.node_type)
+    executor = executor_for(task.node_type)
     try:
         if executor is None:
             raise NodeError(_unsupported(task), error_type="NotSupportedError")
@@ -116,9 +104,9 @@ async def execute_task(task: NodeTask, context: ExecutionContext) -> TaskResult:
 
 def _unsupported(task: NodeTask) -> str:
     kind = task.node_type
-    if kind in TASK_NODE_TYPES:
-        return f"{node_label(task)}: node type '{kind}' is not yet supported by fanflow's executors"
-    return f"{node_label(task)}: node type '{kind}' is not a task node fanflow's executors run"
+    if _node_type(kind) is not None:
+        return f"{node_label(task)}: node type '{kind}' is not a task node fanflow's executors run"
+    return f"{node_label(task)}: node type '{kind}' is not supported by fanflow's executors"
 
 
 def _failed(task: NodeTask, error: str, error_type: str, started: float) -> TaskResult:

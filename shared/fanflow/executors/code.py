@@ -15,14 +15,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from fanflow.errors import NodeError
-from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label, register
+from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.messages import NodeTask
 from fanflow.nodes.outputs import check_code_outputs
 from fanflow.sandbox.process import run_python
 from fanflow.variables import resolve_or_none
 
 
-@register("code")
 async def run_code_node(task: NodeTask, context: ExecutionContext) -> ExecutionOutcome:
     """Each declared variable becomes a keyword argument of `main` (a missing one is None)."""
     label = node_label(task)

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label, register
+from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.executors.http_build import (
     MAX_CONNECT_TIMEOUT_S,
     MAX_READ_TIMEOUT_S,
@@ -82,7 +82,6 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _SSL_CONTEXTS: dict[bool, ssl.SSLContext] = {}
 
 
-@register("http-request")
 async def run_http_request(task: NodeTask, context: ExecutionContext) -> ExecutionOutcome:
     label = node_label(task)
     request = build_request(task, label)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fanflow.errors import NodeError
-from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label, register
+from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.llm.client import Completion, format_failure
 from fanflow.llm.invoke import invoke
 from fanflow.llm.params import json_schema_format
@@ -26,7 +26,6 @@ from fanflow.messages import NodeTask
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
-@register("llm")
 async def run_llm_node(task: NodeTask, context: ExecutionContext) -> ExecutionOutcome:
     label = node_label(task)
     messages = llm_messages(task.data, task.lookup, label=label)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label, register
+from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.llm.extraction import (
     check_result,
     coerce_result,
@@ -32,7 +32,6 @@ from fanflow.variables import render, resolve_or_none, to_text
 _NO_JSON = "No JSON object found in the model's reply; using empty values"
 
 
-@register("parameter-extractor")
 async def run_parameter_extractor(task: NodeTask, context: ExecutionContext) -> ExecutionOutcome:
     label = node_label(task)
     data = task.data

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import partial
 
 from fanflow.errors import NodeError
-from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label, register
+from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.llm.classification import Category, categories_of, choose, classifier_messages
 from fanflow.llm.client import Completion, format_failure
 from fanflow.llm.invoke import ModelConfig, invoke
@@ -18,7 +18,6 @@ from fanflow.messages import NodeTask
 from fanflow.variables import render, resolve_or_none, to_text
 
 
-@register("question-classifier")
 async def run_question_classifier(task: NodeTask, context: ExecutionContext) -> ExecutionOutcome:
     label = node_label(task)
     data = task.data

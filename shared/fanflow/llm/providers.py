@@ -30,9 +30,9 @@ from typing import Any
 import yaml
 
 from fanflow.errors import FanflowError, Problem
+from fanflow.registry import LLM_NODE_TYPES
 
 #: node types that call an LLM
-LLM_NODE_TYPES = frozenset({"llm", "parameter-extractor", "question-classifier"})
 DEFAULT_TIMEOUT_S = 60.0
 
 

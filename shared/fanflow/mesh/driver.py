@@ -16,6 +16,7 @@ from typing import Any
 from fanflow.dsl.load import load_workflow
 from fanflow.mesh.topology import HEADER_READY_AT, Topology
 from fanflow.metrics import NODE_RETRIES, RUN_DURATION, RUNS_FINISHED, RUNS_STARTED
+from fanflow.registry import TASK_NODE_TYPES
 from fanflow.runtime import RunRequest, prepare_run
 from fanflow.scheduler import (
     CancelTasks,
@@ -36,7 +37,7 @@ from fanflow.scheduler import (
     load_state,
 )
 from fanflow.store import AppRecord, OutboxMessage, RunTransaction, Store
-from fanflow.workflow import TASK_NODE_TYPES, Workflow
+from fanflow.workflow import Workflow
 
 KIND_TASK, KIND_EVENT, KIND_CONTROL = "task", "event", "control"
 FINISHED = frozenset({"succeeded", "partial-succeeded", "failed", "stopped"})

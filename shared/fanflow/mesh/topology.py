@@ -28,17 +28,10 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from fanflow.messages import NodeTask, TaskResult
+from fanflow.registry import QUEUE_CLASSES
 
-DEFAULT_NODE_CLASSES: Mapping[str, str] = MappingProxyType(
-    {
-        "llm": "llm",
-        "parameter-extractor": "llm",
-        "question-classifier": "llm",
-        "http-request": "http",
-        "code": "code",
-        "tool": "tool",
-    }
-)
+#: node type -> worker class, as `fanflow.registry` declares them
+DEFAULT_NODE_CLASSES: Mapping[str, str] = QUEUE_CLASSES
 
 DEFAULT_DELIVERY_LIMIT = 5
 #: how long a delay queue outlives its last delayed publish; a constant on purpose: queue

@@ -1,4 +1,8 @@
-"""Nodes the scheduler evaluates itself: cheap, pure, no I/O."""
+"""Nodes the scheduler evaluates itself: cheap, pure, no I/O.
+
+Each evaluator takes `(step, scope, node)` and returns the node's outputs and the handle of
+the edges to take; `fanflow.registry` names which evaluator serves which node type.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from fanflow.nodes import (
     render_template,
     template_variables,
 )
+from fanflow.registry import node_type
 from fanflow.scheduler.lookup import scope_chain
 from fanflow.scheduler.state import Scope, frame_key
 from fanflow.variables import Selector, render, resolve_or_none
@@ -26,7 +31,8 @@ Outcome = tuple[dict[str, Any], str | None]
 
 def evaluate(step: _Step, scope: Scope, node: Node) -> Outcome:
     """Run an inline node; returns its outputs and the handle of the edges to take."""
-    handler = _HANDLERS.get(node.type)
+    declared = node_type(node.type)
+    handler = declared.evaluate if declared is not None else None
     if handler is None:
         raise NodeError(
             f"node type '{node.type}' is not supported by fanflow", error_type="UnsupportedNode"
@@ -34,15 +40,15 @@ def evaluate(step: _Step, scope: Scope, node: Node) -> Outcome:
     return handler(step, scope, node)
 
 
-def _start(step: _Step, scope: Scope, node: Node) -> Outcome:
+def start(step: _Step, scope: Scope, node: Node) -> Outcome:
     return (dict(step.state.inputs) if scope.key == "" else {}), None
 
 
-def _container_start(step: _Step, scope: Scope, node: Node) -> Outcome:
+def container_start(step: _Step, scope: Scope, node: Node) -> Outcome:
     return {}, None
 
 
-def _end(step: _Step, scope: Scope, node: Node) -> Outcome:
+def end(step: _Step, scope: Scope, node: Node) -> Outcome:
     lookup = step.lookup(scope.key)
     outputs = {
         item["variable"]: resolve_or_none(lookup, item.get("value_selector") or [])
@@ -52,37 +58,37 @@ def _end(step: _Step, scope: Scope, node: Node) -> Outcome:
     return outputs, None
 
 
-def _answer(step: _Step, scope: Scope, node: Node) -> Outcome:
+def answer(step: _Step, scope: Scope, node: Node) -> Outcome:
     text = render(str(node.data.get("answer") or ""), step.lookup(scope.key), markdown=True)
     step.respond(scope, answer=text)
     step.emit("text_chunk", scope, node, text=text)
     return {"answer": text, "files": []}, None
 
 
-def _if_else(step: _Step, scope: Scope, node: Node) -> Outcome:
+def if_else(step: _Step, scope: Scope, node: Node) -> Outcome:
     case_id = evaluate_cases(node.data, step.lookup(scope.key))
     return {"result": case_id != "false", "selected_case_id": case_id}, case_id
 
 
-def _template(step: _Step, scope: Scope, node: Node) -> Outcome:
+def template(step: _Step, scope: Scope, node: Node) -> Outcome:
     variables = template_variables(node.data, step.lookup(scope.key))
     return {"output": render_template(str(node.data.get("template") or ""), variables)}, None
 
 
-def _aggregator(step: _Step, scope: Scope, node: Node) -> Outcome:
+def aggregator(step: _Step, scope: Scope, node: Node) -> Outcome:
     return aggregate(node.data, step.lookup(scope.key)), None
 
 
-def _list_operator(step: _Step, scope: Scope, node: Node) -> Outcome:
+def list_operator(step: _Step, scope: Scope, node: Node) -> Outcome:
     return operate_list(node.data, step.lookup(scope.key)), None
 
 
-def _loop_end(step: _Step, scope: Scope, node: Node) -> Outcome:
+def loop_end(step: _Step, scope: Scope, node: Node) -> Outcome:
     scope.loop_ended = True
     return {}, None
 
 
-def _assigner(step: _Step, scope: Scope, node: Node) -> Outcome:
+def assigner(step: _Step, scope: Scope, node: Node) -> Outcome:
     state = step.state
     loops = _enclosing_loops(step, scope)
     types: dict[Selector, str] = {
@@ -114,19 +120,3 @@ def _enclosing_loops(step: _Step, scope: Scope) -> dict[str, str]:
         if each.container is not None and step.workflow.nodes[each.container].type == "loop":
             result.setdefault(each.container, frame_key(each.parent or "", each.container))
     return result
-
-
-_HANDLERS = {
-    "start": _start,
-    "iteration-start": _container_start,
-    "loop-start": _container_start,
-    "end": _end,
-    "answer": _answer,
-    "if-else": _if_else,
-    "template-transform": _template,
-    "variable-aggregator": _aggregator,
-    "variable-assigner": _aggregator,
-    "list-operator": _list_operator,
-    "assigner": _assigner,
-    "loop-end": _loop_end,
-}

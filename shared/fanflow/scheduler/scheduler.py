@@ -14,6 +14,7 @@ from typing import Any
 from fanflow.dsl.inputs import node_selectors
 from fanflow.errors import NodeError
 from fanflow.messages import NodeTask, TaskResult, task_id_for
+from fanflow.registry import RETRYABLE_NODE_TYPES
 from fanflow.scheduler import containers, inline
 from fanflow.scheduler.lookup import ScopeLookup
 from fanflow.scheduler.protocol import (
@@ -48,7 +49,7 @@ from fanflow.scheduler.state import (
     Scope,
 )
 from fanflow.variables import selector_key
-from fanflow.workflow import RETRYABLE_NODE_TYPES, Node, Workflow
+from fanflow.workflow import Node, Workflow
 
 #: the longest a retry waits, whatever the node or the upstream asks for
 MAX_RETRY_DELAY_S = 3600.0
