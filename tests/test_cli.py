@@ -40,7 +40,10 @@ DATA_KEYS = {
 
 
 def fanflow(
-    *args: str | Path, timeout_s: float = 60, columns: int | None = None
+    *args: str | Path,
+    timeout_s: float = 60,
+    columns: int | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the CLI as a pipe would: no terminal, no COLUMNS from the test's own terminal.
 
@@ -49,6 +52,7 @@ def fanflow(
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     if columns is not None:
         env["COLUMNS"] = str(columns)
+    env.update(env_extra or {})
     done = subprocess.run(
         [sys.executable, "-m", "fanflow.cli", *map(str, args)],
         capture_output=True,
@@ -142,6 +146,56 @@ def test_max_steps_stops_the_run_and_exits_1() -> None:
     assert data["outputs"] == {}
     assert "2 steps" in data["error"]
     assert "stopped" in done.stderr
+
+
+def test_run_honours_the_limits_of_the_environment() -> None:
+    """`fanflow run` reads FANFLOW_MAX_STEPS like the mesh does; the option wins over it."""
+    done = fanflow(
+        "run", CLI_DATA / "greet.yml", "-i", "name=Bob", "--json",
+        env_extra={"FANFLOW_MAX_STEPS": "2"},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "2 steps" in json.loads(done.stdout)["error"]
+    done = fanflow(
+        "run", CLI_DATA / "greet.yml", "-i", "name=Bob", "--max-steps", "50",
+        env_extra={"FANFLOW_MAX_STEPS": "2"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_run_honours_the_task_timeout_of_the_environment(tmp_path: Path) -> None:
+    workflow = tmp_path / "slow.yml"
+    workflow.write_text(SLOW_CODE, encoding="utf-8")
+    done = fanflow("run", workflow, "--json", env_extra={"FANFLOW_TASK_TIMEOUT_S": "0.5"})
+    assert done.returncode == 1
+    data = json.loads(done.stdout)
+    assert data["status"] == "failed"
+    assert "timed out after 0.5 s" in data["error"]
+
+
+SLOW_CODE = """
+app: {mode: workflow, name: slow}
+kind: app
+version: 0.3.0
+workflow:
+  graph:
+    nodes:
+      - id: start
+        data: {type: start, title: Start, variables: []}
+      - id: slow
+        data:
+          type: code
+          title: Slow
+          code_language: python3
+          code: "import time\\ndef main():\\n    time.sleep(30)\\n    return {'x': 1}"
+          variables: []
+          outputs: {x: {type: number}}
+      - id: end
+        data: {type: end, title: End, outputs: [{variable: x, value_selector: [slow, x]}]}
+    edges:
+      - {id: e1, source: start, target: slow}
+      - {id: e2, source: slow, target: end}
+"""
 
 
 def test_invalid_workflow_exits_2_naming_every_problem() -> None:

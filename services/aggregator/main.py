@@ -20,10 +20,9 @@ from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metr
 from fanflow.mesh.amqp import AmqpBroker, Delivery, Disposition
 from fanflow.mesh.driver import Envelope, RunDriver
 from fanflow.mesh.relay import OutboxRelay
-from fanflow.mesh.topology import Topology
 from fanflow.messages import NodeTask, TaskResult
 from fanflow.metrics import AGGREGATOR_BATCH, RESULTS_APPLIED
-from fanflow.scheduler import Limits, TaskFinished, TimerFired
+from fanflow.scheduler import TaskFinished, TimerFired
 from fanflow.scheduler.protocol import DEADLINE_TIMER
 from fanflow.settings import Settings
 from fanflow.store import AppRecord, RunNotFound, Store
@@ -36,10 +35,8 @@ REQUEUE_BACKOFF_S = 2.0
 class Aggregator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.topology = Topology(
-            namespace=settings.namespace, delivery_limit=settings.delivery_limit
-        )
-        self.limits = Limits(max_steps=settings.max_steps, max_run_seconds=settings.max_run_seconds)
+        self.topology = settings.topology()
+        self.limits = settings.limits()
         self._run_apps: OrderedDict[str, AppRecord] = OrderedDict()
         self.store: Store | None = None
         self.driver: RunDriver | None = None

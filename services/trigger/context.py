@@ -14,8 +14,6 @@ from fastapi import Request
 from fanflow.mesh.amqp import AmqpBroker, BrokerError
 from fanflow.mesh.driver import RunDriver
 from fanflow.mesh.relay import OutboxRelay
-from fanflow.mesh.topology import Topology
-from fanflow.scheduler import Limits
 from fanflow.settings import Settings
 from fanflow.store import Store
 
@@ -44,8 +42,8 @@ class Trigger:
 @contextlib.asynccontextmanager
 async def open_trigger(settings: Settings, *, max_request_bytes: int) -> AsyncIterator[Trigger]:
     """Open the store (migrating it), connect and declare the topology, subscribe to events."""
-    topology = Topology(namespace=settings.namespace, delivery_limit=settings.delivery_limit)
-    limits = Limits(max_steps=settings.max_steps, max_run_seconds=settings.max_run_seconds)
+    topology = settings.topology()
+    limits = settings.limits()
     async with contextlib.AsyncExitStack() as stack:
         store = await Store.open(settings.database_url)
         stack.push_async_callback(store.close)

@@ -19,7 +19,7 @@ from fanflow.executors import ExecutionContext, execute_with_timeout
 from fanflow.executors.wiring import context_from_settings
 from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
 from fanflow.mesh.amqp import AmqpBroker, Disposition
-from fanflow.mesh.topology import HEADER_READY_AT, Topology
+from fanflow.mesh.topology import HEADER_READY_AT
 from fanflow.messages import NodeTask, TaskResult
 from fanflow.metrics import NODE_DURATION, NODE_EXECUTIONS, QUEUE_WAIT, TASKS_IN_FLIGHT
 from fanflow.settings import Settings
@@ -34,9 +34,7 @@ class Worker:
         self.settings = settings
         self.queues = queues
         self.prefetch = prefetch
-        self.topology = Topology(
-            namespace=settings.namespace, delivery_limit=settings.delivery_limit
-        )
+        self.topology = settings.topology()
         self.context: ExecutionContext = context_from_settings(settings)
         self._stopped: OrderedDict[str, None] = OrderedDict()
         self._running: dict[str, set[asyncio.Task[TaskResult]]] = {}

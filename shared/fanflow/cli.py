@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -95,24 +96,33 @@ def run(
         bool, typer.Option("--json", help="Print the run as Dify's blocking API `data`.")
     ] = False,
     max_steps: Annotated[
-        int, typer.Option(help="Stop the run after this many node runs.")
-    ] = 10_000,
-    max_run_seconds: Annotated[float, typer.Option(help="Stop the run after this long.")] = 1200.0,
+        int | None,
+        typer.Option(help="Stop the run after this many node runs [FANFLOW_MAX_STEPS: 10000]."),
+    ] = None,
+    max_run_seconds: Annotated[
+        float | None,
+        typer.Option(help="Stop the run after this long [FANFLOW_MAX_RUN_SECONDS: 1200]."),
+    ] = None,
 ) -> None:
     """Run a workflow in this process and print its outputs as JSON."""
     from fanflow.dsl.load import load_workflow
     from fanflow.executors.wiring import context_from_settings
     from fanflow.runner import EmbeddedRunner
     from fanflow.runtime import RunRequest
-    from fanflow.scheduler import Limits
 
     try:
+        settings = _settings()
+        limits = settings.limits()
+        if max_steps is not None:
+            limits = replace(limits, max_steps=max_steps)
+        if max_run_seconds is not None:
+            limits = replace(limits, max_run_seconds=max_run_seconds)
         loaded = load_workflow(workflow)
         request = RunRequest(inputs=_parse_inputs(inputs or [], inputs_file), query=query)
         progress = _IterationProgress()
         runner = EmbeddedRunner(
-            limits=Limits(max_steps=max_steps, max_run_seconds=max_run_seconds),
-            context=context_from_settings(_settings()),
+            limits=limits,
+            context=context_from_settings(settings),
             on_event=progress,
         )
         try:

@@ -6,12 +6,17 @@ One object per process, built at the entry point and passed down.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fanflow import defaults
 from fanflow.store import DEFAULT_DATABASE_URL
+
+if TYPE_CHECKING:
+    from fanflow.mesh.topology import Topology
+    from fanflow.scheduler import Limits
 
 
 class Settings(BaseSettings):
@@ -24,17 +29,17 @@ class Settings(BaseSettings):
     admin_token: str | None = None
 
     # ---- run limits (Dify: 500 steps, 1200 s; fanflow: configurable) ----
-    max_steps: int = 10_000
-    max_run_seconds: float = 1200.0
+    max_steps: int = defaults.MAX_STEPS
+    max_run_seconds: float = defaults.MAX_RUN_SECONDS
     #: per-app cap on runs in progress; more → 429
     app_max_active_runs: int = 100
     #: how long a blocking /workflows/run waits before answering with the run so far
-    blocking_timeout_s: float = 1200.0
+    blocking_timeout_s: float = defaults.MAX_RUN_SECONDS
 
     # ---- worker ----
     worker_queues: str = "llm,http,code"
     worker_prefetch: int = 8
-    task_timeout_s: float = 300.0
+    task_timeout_s: float = defaults.TASK_TIMEOUT_S
     code_timeout_s: float = 60.0
     code_memory_mb: int = 512
     drain_timeout_s: float = 30.0
@@ -80,9 +85,25 @@ class Settings(BaseSettings):
     fault_duplicate_results: bool = False
 
     # ---- topology ----
-    delivery_limit: int = 5
+    delivery_limit: int = defaults.DELIVERY_LIMIT
 
     metrics_port: int | None = Field(default=None, description="worker/aggregator /metrics port")
+
+    def topology(self) -> Topology:
+        """The broker names and queue arguments of this deployment."""
+        from fanflow.mesh.topology import Topology
+
+        return Topology(namespace=self.namespace, delivery_limit=self.delivery_limit)
+
+    def limits(self) -> Limits:
+        """Per-run limits: steps, deadline, and a task's time limit."""
+        from fanflow.scheduler import Limits
+
+        return Limits(
+            max_steps=self.max_steps,
+            max_run_seconds=self.max_run_seconds,
+            task_timeout_s=self.task_timeout_s,
+        )
 
     @field_validator("http_allow_list", mode="before")
     @classmethod

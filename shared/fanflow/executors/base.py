@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fanflow import defaults
 from fanflow.errors import NodeError
 from fanflow.messages import NodeTask, TaskResult
 from fanflow.registry import node_type as _node_type
@@ -134,8 +135,7 @@ def _upstream_failed(task: NodeTask, failure: UpstreamFailure, started: float) -
     )
 
 
-#: a task's time limit when neither the task nor the process says otherwise
-DEFAULT_TASK_TIMEOUT_S = 300.0
+DEFAULT_TASK_TIMEOUT_S = defaults.TASK_TIMEOUT_S
 
 
 async def execute_with_timeout(

@@ -27,18 +27,19 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from fanflow import defaults
 from fanflow.messages import NodeTask, TaskResult
 from fanflow.registry import QUEUE_CLASSES
 
 #: node type -> worker class, as `fanflow.registry` declares them
 DEFAULT_NODE_CLASSES: Mapping[str, str] = QUEUE_CLASSES
 
-DEFAULT_DELIVERY_LIMIT = 5
+DEFAULT_DELIVERY_LIMIT = defaults.DELIVERY_LIMIT
 #: how long a delay queue outlives its last delayed publish; a constant on purpose: queue
 #: arguments cannot change on redeclare, so every process must compute the same value
 DELAY_QUEUE_IDLE_MS = 60_000
 #: a delay longer than this belongs to a scheduler deadline, not to a queue TTL
-MAX_DELAY_MS = 24 * 3600 * 1000
+MAX_DELAY_MS = defaults.MAX_DELAY_MS
 
 DLX_KEY_TASKS = "tasks"
 DLX_KEY_RESULTS = "results"

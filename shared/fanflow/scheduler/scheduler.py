@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fanflow import defaults
 from fanflow.dsl.inputs import node_selectors
 from fanflow.errors import NodeError
 from fanflow.messages import NodeTask, TaskResult, task_id_for
@@ -51,16 +52,13 @@ from fanflow.scheduler.state import (
 from fanflow.variables import selector_key
 from fanflow.workflow import Node, Workflow
 
-#: the longest a retry waits, whatever the node or the upstream asks for
-MAX_RETRY_DELAY_S = 3600.0
-
 
 @dataclass(frozen=True)
 class Limits:
     """Per-run limits. Dify's are 500 steps and 1200 s; fanflow's are configurable."""
 
-    max_steps: int = 10_000
-    max_run_seconds: float = 1200.0
+    max_steps: int = defaults.MAX_STEPS
+    max_run_seconds: float = defaults.MAX_RUN_SECONDS
     task_timeout_s: float | None = None
 
 
@@ -377,8 +375,8 @@ class _Step:
             scope.edges[edge.id] = TAKEN if edge.source_handle == handle else SKIPPED
 
     def _max_delay_ms(self) -> int:
-        limit_s = self.scheduler.limits.max_run_seconds or MAX_RETRY_DELAY_S
-        return int(min(limit_s, MAX_RETRY_DELAY_S) * 1000)
+        limit_s = self.scheduler.limits.max_run_seconds or defaults.MAX_RETRY_DELAY_S
+        return int(min(limit_s, defaults.MAX_RETRY_DELAY_S) * 1000)
 
     # ---- responses (End and Answer nodes) -----------------------------------------
 
