@@ -1,5 +1,6 @@
-"""The RabbitMQ transport against a real broker: topology, confirms, dispositions, delays,
-delivery limits, prefetch, events, control broadcasts and drain.
+"""The transport contract, over the real RabbitMQ broker and the in-memory one: topology,
+confirms, dispositions, delays, delivery limits, prefetch, events, control broadcasts and
+drain.
 
 Each test runs in its own random namespace and deletes what it declared.
 """
@@ -24,6 +25,7 @@ from fanflow.mesh.amqp import (
     PublishFailed,
     Unroutable,
 )
+from fanflow.mesh.memory import MemoryBroker
 from fanflow.mesh.topology import HEADER_CLASS, HEADER_RUN_ID, Topology
 from fanflow.messages import NodeTask, TaskResult
 
@@ -32,10 +34,30 @@ pytestmark = pytest.mark.timeout(30)
 MakeBroker = Callable[..., Awaitable[AmqpBroker]]
 
 
-@pytest.fixture
-async def make_broker(amqp_url: Callable[[], str]) -> AsyncIterator[MakeBroker]:
+@pytest.fixture(params=["amqp", "memory"])
+async def make_broker(
+    request: pytest.FixtureRequest, amqp_url: Callable[[], str]
+) -> AsyncIterator[MakeBroker]:
     """Factory: `await make_broker(topology=None, declare=True)` gives a connected broker
-    on a fresh namespace (or the given topology); everything is deleted afterwards."""
+    on a fresh namespace (or the given topology); everything is deleted afterwards.
+
+    Two brokers made in one test share one memory, as two connections share RabbitMQ."""
+    if request.param == "memory":
+        shared: MemoryBroker | None = None
+
+        async def make_memory(topology: Topology | None = None, *, declare: bool = True) -> Any:
+            nonlocal shared
+            if shared is None:
+                shared = MemoryBroker(topology=topology or Topology(namespace="memory"))
+                await shared.connect()
+            if declare:
+                await shared.declare()
+            return shared
+
+        yield make_memory
+        if shared is not None:
+            await shared.close()
+        return
     url = amqp_url()
     brokers: list[AmqpBroker] = []
     namespace = f"fanflow-test-{uuid.uuid4().hex[:10]}"
@@ -229,12 +251,12 @@ async def test_always_failing_handler_is_stopped_by_the_delivery_limit(
         attempts.append(redelivered)
         raise RuntimeError("boom")
 
-    await broker.consume(topology.task_queue("tool"), handler, prefetch=1)
-    await broker.publish_task(make_task("tool"))
+    await broker.consume(topology.task_queue("http"), handler, prefetch=1)
+    await broker.publish_task(make_task("http-request"))
     [dead] = await collect(broker, topology.dead_tasks_queue, 1)
     assert attempts == [False, True, True]  # the first delivery and `delivery_limit` more
     assert dead.headers["x-death"][0]["reason"] == "delivery_limit"
-    assert dead.headers["x-death"][0]["routing-keys"] == ["tool"]
+    assert dead.headers["x-death"][0]["routing-keys"] == ["http"]
 
 
 async def test_prefetch_bounds_concurrency(make_broker: MakeBroker) -> None:
@@ -345,12 +367,12 @@ async def test_drain_waits_for_the_in_flight_handler(make_broker: MakeBroker) ->
 
 def test_topology_names_and_arguments() -> None:
     topology = Topology(namespace="ns")
-    assert [topology.class_for(t) for t in ("question-classifier", "http-request", "tool")] == [
+    assert [topology.class_for(t) for t in ("question-classifier", "http-request", "code")] == [
         "llm",
         "http",
-        "tool",
+        "code",
     ]
-    assert topology.classes == ("code", "http", "llm", "tool")
+    assert topology.classes == ("code", "http", "llm")
     assert topology.task_queue("llm") == "ns.tasks.llm"
     assert topology.task_route("parameter-extractor").routing_key == "llm"
     spec = topology.delay_queue_spec("http", 300)

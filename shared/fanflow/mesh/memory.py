@@ -1,0 +1,671 @@
+"""An in-memory broker with the AMQP transport's contract, for one process.
+
+`MemoryBroker` has `AmqpBroker`'s interface and the semantics fanflow relies on: exchanges
+(direct, topic, fanout, the default exchange) routed by the same `Topology`; mandatory
+publishes to no queue raise `Unroutable`; quorum-style delivery limits (a message requeued
+more than `delivery_limit` times is dead-lettered) and dead-letter routes with an `x-death`
+header; delay queues that route a task on after its delay; prefetch-bounded consumers and
+batch consumers that settle each delivery once, in one place; no-ack subscriptions.
+
+Nothing is durable: a message lives as long as the process. It lets the relay, the driver,
+the worker and the aggregator run in unit tests in milliseconds, and the same contract
+suite (`tests/mesh/test_broker_contract.py`) runs over it and over RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from fanflow.errors import DecodeError
+from fanflow.mesh.topology import QueueSpec, Topology
+from fanflow.mesh.transport import (
+    BatchHandler,
+    BrokerError,
+    Delivery,
+    Disposition,
+    Event,
+    Handler,
+    PublishFailed,
+    Unroutable,
+)
+from fanflow.messages import NodeTask, TaskResult
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+__all__ = ["MemoryBroker"]
+
+
+@dataclass(frozen=True)
+class _Message:
+    body: bytes
+    headers: Mapping[str, Any]
+    message_id: str | None
+    exchange: str
+    routing_key: str
+    persistent: bool
+    #: times it went back to its queue (quorum queues' x-delivery-count)
+    returns: int = 0
+    redelivered: bool = False
+
+    def delivery(self) -> Delivery:
+        headers = dict(self.headers)
+        if self.returns:
+            headers["x-delivery-count"] = self.returns
+        return Delivery(
+            body=self.body,
+            headers=headers,
+            redelivered=self.redelivered,
+            message_id=self.message_id,
+            routing_key=self.routing_key,
+            persistent=self.persistent,
+            delivery_count=self.returns,
+        )
+
+
+@dataclass
+class _Queue:
+    name: str
+    arguments: Mapping[str, Any]
+    ready: deque[_Message] = field(default_factory=deque)
+    consumers: list[_Consumer] = field(default_factory=list)
+    #: round robin over consumers with a free prefetch slot
+    turn: int = 0
+
+    @property
+    def delivery_limit(self) -> int | None:
+        limit = self.arguments.get("x-delivery-limit")
+        return int(limit) if limit is not None else None
+
+
+class MemoryBroker:
+    """`AmqpBroker`'s interface, in this process's memory. Use as ``async with``."""
+
+    def __init__(self, *, topology: Topology | None = None) -> None:
+        self.topology = topology or Topology()
+        self._queues: dict[str, _Queue] = {}
+        #: exchange -> (type, [(queue or subscription, routing key)])
+        self._exchanges: dict[str, str] = {}
+        self._bindings: dict[str, list[tuple[str, str]]] = {}
+        self._subscriptions: dict[str, _Subscription[Any]] = {}
+        self._consumers: list[_Consumer] = []
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._delay_queues: set[str] = set()
+        self._connected = False
+        self._serial = 0
+
+    async def __aenter__(self) -> MemoryBroker:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        self._connected = True
+
+    # -- topology -----------------------------------------------------------------------
+
+    async def declare(self) -> None:
+        """Declare the topology's exchanges, queues and bindings (idempotent)."""
+        self._check_connected()
+        for exchange in self.topology.exchanges():
+            self._exchanges[exchange.name] = exchange.type
+            self._bindings.setdefault(exchange.name, [])
+        for spec in self.topology.queues():
+            self._declare_queue(spec)
+        for binding in self.topology.bindings():
+            self._bind(binding.exchange, binding.queue, binding.routing_key)
+
+    async def delete_topology(self, *, extra_queues: Iterable[str] = ()) -> None:
+        for name in [q.name for q in self.topology.queues()] + [*self._delay_queues, *extra_queues]:
+            self._queues.pop(name, None)
+        for exchange in self.topology.exchanges():
+            self._exchanges.pop(exchange.name, None)
+            self._bindings.pop(exchange.name, None)
+        self._delay_queues.clear()
+
+    @property
+    def delay_queues(self) -> frozenset[str]:
+        return frozenset(self._delay_queues)
+
+    async def message_count(self, queue_name: str) -> int:
+        """Messages ready in a queue (not counting unacknowledged ones)."""
+        return len(self._queue(queue_name).ready)
+
+    # -- publishing -----------------------------------------------------------------------
+
+    async def publish_task(self, task: NodeTask, *, delay_ms: int = 0) -> None:
+        route = self.topology.task_route(task.node_type)
+        await self.publish_raw(
+            route.exchange,
+            route.routing_key,
+            task.encode(),
+            message_id=self.topology.task_message_id(task),
+            headers=self.topology.task_headers(task),
+            delay_ms=delay_ms,
+        )
+
+    async def publish_result(self, result: TaskResult) -> None:
+        route = self.topology.result_route()
+        await self.publish_raw(
+            route.exchange,
+            route.routing_key,
+            result.encode(),
+            message_id=self.topology.result_message_id(result.task_id),
+            headers=self.topology.result_headers(result),
+        )
+
+    async def publish_event(self, run_id: str, event_name: str, payload: dict[str, Any]) -> None:
+        route = self.topology.event_route(run_id, event_name)
+        await self.publish_raw(
+            route.exchange,
+            route.routing_key,
+            json.dumps(payload).encode(),
+            message_id=None,
+            persistent=False,
+            mandatory=False,
+        )
+
+    async def publish_control(self, payload: dict[str, Any]) -> None:
+        route = self.topology.control_route()
+        await self.publish_raw(
+            route.exchange,
+            route.routing_key,
+            json.dumps(payload).encode(),
+            message_id=None,
+            persistent=False,
+            mandatory=False,
+        )
+
+    async def publish_raw(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str | None,
+        headers: Mapping[str, Any] | None = None,
+        persistent: bool = True,
+        delay_ms: int = 0,
+        mandatory: bool = True,
+    ) -> None:
+        """Route a message now (or after `delay_ms`, tasks only); raises `Unroutable` when a
+        mandatory message reaches no queue, `PublishFailed` for an undeclared exchange."""
+        self._check_connected()
+        if delay_ms:
+            if exchange != self.topology.tasks_exchange:
+                raise ValueError(f"only tasks can be delayed, not messages to {exchange!r}")
+            spec = self.topology.delay_queue_spec(routing_key, delay_ms)
+            self._declare_queue(spec)
+            self._delay_queues.add(spec.name)
+            exchange, routing_key = "", spec.name
+        message = _Message(
+            bytes(body), dict(headers or {}), message_id, exchange, routing_key, persistent
+        )
+        if not self._route(message) and mandatory:
+            raise Unroutable(
+                f"no queue for {routing_key!r} on exchange {exchange or '(default)'!r}"
+            )
+
+    # -- consuming ------------------------------------------------------------------------
+
+    async def consume(self, queue_name: str, handler: Handler, *, prefetch: int) -> _Consumer:
+        """Run `handler` on every delivery, at most `prefetch` at a time (as `AmqpBroker`)."""
+        return self._start(_SingleConsumer(self, queue_name, handler, prefetch))
+
+    async def consume_batches(
+        self,
+        queue_name: str,
+        handler: BatchHandler,
+        *,
+        batch_size: int,
+        max_wait_s: float,
+        prefetch: int | None = None,
+    ) -> _Consumer:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        consumer = _BatchConsumer(
+            self, queue_name, handler, prefetch or 2 * batch_size, batch_size, max_wait_s
+        )
+        return self._start(consumer)
+
+    async def subscribe_events(self, pattern: str | None = None) -> _EventSubscription:
+        subscription = _EventSubscription(self, self._private_name())
+        self._subscriptions[subscription.name] = subscription
+        if pattern is not None:
+            self._bind(self.topology.events_exchange, subscription.name, pattern)
+        return subscription
+
+    async def subscribe_control(self) -> _ControlSubscription:
+        subscription = _ControlSubscription(self, self._private_name())
+        self._subscriptions[subscription.name] = subscription
+        self._bind(self.topology.control_exchange, subscription.name, "")
+        return subscription
+
+    # -- shutting down --------------------------------------------------------------------
+
+    async def drain(self, *, timeout_s: float | None = 30.0) -> None:
+        """Stop consuming, let in-flight handlers finish (up to timeout_s), then close."""
+        await asyncio.gather(
+            *(consumer.stop(timeout_s=timeout_s) for consumer in self._consumers),
+            return_exceptions=True,
+        )
+        await self.close()
+
+    async def close(self) -> None:
+        for subscription in list(self._subscriptions.values()):
+            subscription.finish()
+        self._subscriptions.clear()
+        for consumer in self._consumers:
+            consumer.abandon()
+        self._consumers.clear()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._connected = False
+
+    # -- routing (internals) ----------------------------------------------------------------
+
+    def _check_connected(self) -> None:
+        if not self._connected:
+            raise RuntimeError("MemoryBroker is not connected: use `async with MemoryBroker()`")
+
+    def _private_name(self) -> str:
+        self._serial += 1
+        return f"amq.gen-memory-{self._serial}"
+
+    def _declare_queue(self, spec: QueueSpec) -> None:
+        existing = self._queues.get(spec.name)
+        if existing is None:
+            self._queues[spec.name] = _Queue(spec.name, dict(spec.arguments))
+        elif dict(existing.arguments) != dict(spec.arguments):
+            raise BrokerError(f"queue {spec.name!r} exists with other arguments")
+
+    def _bind(self, exchange: str, target: str, routing_key: str) -> None:
+        if exchange not in self._exchanges:
+            raise BrokerError(f"no exchange {exchange!r} to bind {target!r} to")
+        binding = (target, routing_key)
+        if binding not in self._bindings[exchange]:
+            self._bindings[exchange].append(binding)
+
+    def _unbind(self, exchange: str, target: str, routing_key: str) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._bindings[exchange].remove((target, routing_key))
+
+    def _queue(self, name: str) -> _Queue:
+        try:
+            return self._queues[name]
+        except KeyError:
+            raise BrokerError(f"no queue {name!r}") from None
+
+    def _targets(self, exchange: str, routing_key: str) -> list[str]:
+        if exchange == "":
+            return [routing_key] if routing_key in self._queues else []
+        kind = self._exchanges.get(exchange)
+        if kind is None:
+            raise PublishFailed(f"publish to {exchange!r}/{routing_key!r}: no such exchange")
+        found: list[str] = []
+        for target, key in self._bindings[exchange]:
+            if kind == "fanout" or (
+                _topic_match(key, routing_key) if kind == "topic" else key == routing_key
+            ):
+                found.append(target)
+        return list(dict.fromkeys(found))
+
+    def _route(self, message: _Message) -> bool:
+        targets = self._targets(message.exchange, message.routing_key)
+        routed = False
+        for target in targets:
+            subscription = self._subscriptions.get(target)
+            if subscription is not None:
+                subscription.offer(message)
+                routed = True
+            elif target in self._queues:
+                self._enqueue(self._queues[target], message)
+                routed = True
+        return routed
+
+    def _enqueue(self, queue: _Queue, message: _Message) -> None:
+        ttl = queue.arguments.get("x-message-ttl")
+        if ttl is not None:
+            # a delay queue: nobody consumes it; the message moves on when its time is up
+            loop = asyncio.get_running_loop()
+            handle: asyncio.TimerHandle | None = None
+
+            def expire() -> None:
+                self._timers.discard(handle)  # type: ignore[arg-type]
+                self._dead_letter(queue, message, reason="expired")
+
+            handle = loop.call_later(int(ttl) / 1000, expire)
+            self._timers.add(handle)
+            return
+        queue.ready.append(message)
+        self._dispatch(queue)
+
+    def _dispatch(self, queue: _Queue) -> None:
+        while queue.ready:
+            free = [c for c in queue.consumers if c.has_room()]
+            if not free:
+                return
+            consumer = free[queue.turn % len(free)]
+            queue.turn += 1
+            consumer.deliver(queue.ready.popleft())
+
+    def _settle(self, queue_name: str, message: _Message, disposition: Disposition) -> None:
+        """The one place where a delivery is acknowledged, requeued or dead-lettered."""
+        queue = self._queues.get(queue_name)
+        if queue is None or disposition is Disposition.ACK:
+            return
+        if disposition is Disposition.REJECT:
+            self._dead_letter(queue, message, reason="rejected")
+            return
+        returned = replace(message, returns=message.returns + 1, redelivered=True)
+        limit = queue.delivery_limit
+        if limit is not None and returned.returns > limit:
+            self._dead_letter(queue, returned, reason="delivery_limit")
+            return
+        queue.ready.append(returned)
+        self._dispatch(queue)
+
+    def _dead_letter(self, queue: _Queue, message: _Message, *, reason: str) -> None:
+        exchange = queue.arguments.get("x-dead-letter-exchange")
+        if exchange is None:
+            log.warning("dropping %s from %s (%s): no dead-letter route", message.message_id,
+                        queue.name, reason)  # fmt: skip
+            return
+        key = queue.arguments.get("x-dead-letter-routing-key", message.routing_key)
+        death = {
+            "queue": queue.name,
+            "reason": reason,
+            "exchange": message.exchange,
+            "routing-keys": [message.routing_key],
+            "count": 1,
+        }
+        headers = dict(message.headers)
+        headers["x-death"] = [death, *headers.get("x-death", [])]
+        moved = _Message(message.body, headers, message.message_id, str(exchange), str(key),
+                         message.persistent)  # fmt: skip
+        if not self._route(moved):
+            log.warning("dead-lettered %s from %s reached no queue", message.message_id, queue.name)
+
+    def _start(self, consumer: _Consumer) -> _Consumer:
+        queue = self._queue(consumer.queue_name)
+        queue.consumers.append(consumer)
+        self._consumers.append(consumer)
+        self._dispatch(queue)
+        return consumer
+
+    def _detach(self, consumer: _Consumer) -> None:
+        queue = self._queues.get(consumer.queue_name)
+        if queue is not None and consumer in queue.consumers:
+            queue.consumers.remove(consumer)
+
+
+def _topic_match(pattern: str, key: str) -> bool:
+    """AMQP topic matching: `*` one word, `#` zero or more words."""
+    return _match(pattern.split("."), key.split("."))
+
+
+def _match(pattern: list[str], words: list[str]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head in ("*", words[0])) and _match(rest, words[1:])
+
+
+def _failure(exc: Exception, where: str) -> Disposition:
+    if isinstance(exc, DecodeError):
+        log.warning("%s: undecodable message, dead-lettering it: %s", where, exc)
+        return Disposition.REJECT
+    log.error("%s: handler failed, requeueing", where, exc_info=exc)
+    return Disposition.REQUEUE
+
+
+class _Consumer:
+    """One consumer of one queue with `prefetch` deliveries at most unsettled."""
+
+    def __init__(self, broker: MemoryBroker, queue_name: str, prefetch: int) -> None:
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        self.broker = broker
+        self.queue_name = queue_name
+        self.prefetch = prefetch
+        self._unsettled: dict[int, _Message] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._serial = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._unsettled)
+
+    def has_room(self) -> bool:
+        return not self._stopping and len(self._unsettled) < self.prefetch
+
+    def deliver(self, message: _Message) -> None:
+        self._serial += 1
+        self._unsettled[self._serial] = message
+        self._idle.clear()
+        self._received(self._serial, message)
+
+    def _received(self, tag: int, message: _Message) -> None:
+        raise NotImplementedError
+
+    def settle(self, tag: int, disposition: Disposition) -> None:
+        message = self._unsettled.pop(tag, None)
+        if message is None:
+            return  # abandoned meanwhile: it is back in its queue already
+        if not self._unsettled:
+            self._idle.set()
+        self.broker._settle(self.queue_name, message, disposition)
+        queue = self.broker._queues.get(self.queue_name)
+        if queue is not None:
+            self.broker._dispatch(queue)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self, *, timeout_s: float | None = 30.0) -> None:
+        """Take no new deliveries; wait for in-flight ones; the rest return to the queue."""
+        self._stopping = True
+        self.broker._detach(self)
+        self._on_stop()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("%s: %d deliveries unsettled at drain deadline", self.queue_name,
+                        len(self._unsettled))  # fmt: skip
+        self.abandon()
+
+    def abandon(self) -> None:
+        """As a closed channel: unsettled deliveries go back to their queue, redelivered."""
+        self._stopping = True
+        self.broker._detach(self)
+        for task in self._tasks:
+            task.cancel()
+        self._on_stop()
+        unsettled, self._unsettled = self._unsettled, {}
+        self._idle.set()
+        queue = self.broker._queues.get(self.queue_name)
+        if queue is None:
+            return
+        for message in unsettled.values():
+            queue.ready.appendleft(replace(message, redelivered=True))
+        self.broker._dispatch(queue)
+
+    def _on_stop(self) -> None:
+        pass
+
+
+class _SingleConsumer(_Consumer):
+    def __init__(
+        self, broker: MemoryBroker, queue_name: str, handler: Handler, prefetch: int
+    ) -> None:
+        super().__init__(broker, queue_name, prefetch)
+        self.handler = handler
+
+    def _received(self, tag: int, message: _Message) -> None:
+        self._spawn(self._handle(tag, message))
+
+    async def _handle(self, tag: int, message: _Message) -> None:
+        delivery = message.delivery()
+        try:
+            disposition = await self.handler(
+                delivery.body, dict(delivery.headers), delivery.redelivered
+            )
+            if not isinstance(disposition, Disposition):
+                raise TypeError(f"handler returned {disposition!r}, not a Disposition")
+        except Exception as exc:
+            disposition = _failure(exc, f"{self.queue_name} message {message.message_id}")
+        self.settle(tag, disposition)
+
+
+class _BatchConsumer(_Consumer):
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        queue_name: str,
+        handler: BatchHandler,
+        prefetch: int,
+        batch_size: int,
+        max_wait_s: float,
+    ) -> None:
+        super().__init__(broker, queue_name, prefetch)
+        self.handler = handler
+        self.batch_size = batch_size
+        self.max_wait_s = max_wait_s
+        self._buffer: asyncio.Queue[tuple[int, _Message] | None] = asyncio.Queue()
+        self._spawn(self._loop())
+
+    def _received(self, tag: int, message: _Message) -> None:
+        self._buffer.put_nowait((tag, message))
+
+    def _on_stop(self) -> None:
+        self._buffer.put_nowait(None)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (first := await self._buffer.get()) is not None:
+            batch, deadline, ended = [first], loop.time() + self.max_wait_s, False
+            while len(batch) < self.batch_size:
+                try:
+                    item = await asyncio.wait_for(self._buffer.get(), deadline - loop.time())
+                except TimeoutError:
+                    break
+                if item is None:
+                    ended = True
+                    break
+                batch.append(item)
+            dispositions = await self._dispose([m.delivery() for _, m in batch])
+            for (tag, _), disposition in zip(batch, dispositions, strict=True):
+                self.settle(tag, disposition)
+            if ended:
+                return
+
+    async def _dispose(self, deliveries: list[Delivery]) -> list[Disposition]:
+        try:
+            dispositions = list(await self.handler(deliveries))
+            if len(dispositions) != len(deliveries) or not all(
+                isinstance(d, Disposition) for d in dispositions
+            ):
+                raise TypeError(
+                    f"batch handler returned {dispositions!r} for {len(deliveries)} deliveries"
+                )
+        except Exception as exc:
+            if len(deliveries) == 1:
+                return [_failure(exc, f"{self.queue_name} message {deliveries[0].message_id}")]
+            return [d for one in deliveries for d in await self._dispose([one])]
+        return dispositions
+
+
+class _Subscription(Generic[T]):
+    """An async iterator over a private queue, no acks (as `AmqpBroker`'s)."""
+
+    def __init__(self, broker: MemoryBroker, name: str) -> None:
+        self.broker = broker
+        self.name = name
+        self._items: asyncio.Queue[T | None] = asyncio.Queue()
+        self._finished = False
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._finished and self._items.empty():
+            raise StopAsyncIteration
+        item = await self._items.get()
+        if item is None:
+            self._finished = True
+            raise StopAsyncIteration
+        return item
+
+    def offer(self, message: _Message) -> None:
+        if self._finished:
+            return
+        try:
+            self._items.put_nowait(self._parse(message))
+        except ValueError as exc:
+            log.warning("dropping malformed message on %s: %s", message.exchange, exc)
+
+    def _parse(self, message: _Message) -> T:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        self.broker._subscriptions.pop(self.name, None)
+        for bindings in self.broker._bindings.values():
+            bindings[:] = [b for b in bindings if b[0] != self.name]
+        self.finish()
+
+    def finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._items.put_nowait(None)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    payload = json.loads(body)
+    if not isinstance(payload, dict):
+        raise ValueError(f"expected a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+class _EventSubscription(_Subscription[Event]):
+    async def bind(self, run_id: str) -> None:
+        topology = self.broker.topology
+        self.broker._bind(topology.events_exchange, self.name, topology.event_pattern(run_id))
+
+    async def unbind(self, run_id: str) -> None:
+        topology = self.broker.topology
+        self.broker._unbind(topology.events_exchange, self.name, topology.event_pattern(run_id))
+
+    def _parse(self, message: _Message) -> Event:
+        run_id, name = self.broker.topology.parse_event_key(message.routing_key)
+        return Event(run_id, name, _json_object(message.body))
+
+
+class _ControlSubscription(_Subscription[dict[str, Any]]):
+    def _parse(self, message: _Message) -> dict[str, Any]:
+        return _json_object(message.body)
