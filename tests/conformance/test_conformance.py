@@ -48,7 +48,9 @@ CLI_PROCESS_CASES = [
 _cli = CliRunner()
 
 
-def _run_args(fixture: Path, inputs: dict[str, Any], query: str | None, tmp_path: Path) -> list[str]:
+def _run_args(
+    fixture: Path, inputs: dict[str, Any], query: str | None, tmp_path: Path
+) -> list[str]:
     inputs_file = tmp_path / "inputs.json"
     inputs_file.write_text(json.dumps(inputs), encoding="utf-8")
     args = ["run", str(fixture), "--inputs-file", str(inputs_file), "--json"]

@@ -1,13 +1,20 @@
 """Dify's engine cases whose LLM nodes upstream mocks, through `fanflow run` with real LLM
 calls to a `fanflow mock-llm` that answers each node (by `X-Fanflow-Node-Id`) what the
 case's `mocks` say it returned; a mocked error is answered with a 4xx, which no retry fixes.
+
+One real HTTP server (uvicorn, in a thread) serves the module: each case gets its own
+mock-llm app (`fanflow.mock_llm.create_app`, the app `fanflow mock-llm` serves) with its
+rules and latency, mounted under `/cases/<case id>`, and runs `fanflow run` in process.
+`test_case_cli_processes` runs one case with both commands as subprocesses.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 import yaml
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
+from fanflow.mock_llm import MockOptions, create_app
 from tests.conformance.cases import (
     FIXTURES,
     Case,
@@ -25,15 +36,81 @@ from tests.conformance.cases import (
     llm_replies,
     load_cases,
     needs_mock_llm,
-    outputs_match,
 )
-from tests.conformance.test_conformance import fanflow_run
+from tests.conformance.test_conformance import check, fanflow_run, fanflow_run_process
 
 CASES = load_cases()
 LLM_CASES = [case for case in CASES if needs_mock_llm(case)]
+#: the case also run with `fanflow mock-llm` and `fanflow run` as subprocesses
+CLI_PROCESS_CASE = "30-basic_llm_chat_workflow"
 
 
-class MockLLM:
+def mock_rules(case: Case) -> list[dict[str, Any]]:
+    """The case's mocked answers as mock-llm rules, one per LLM node."""
+    replies = llm_replies(case)
+    assert replies is not None
+    return [{"node": node_id, **reply} for node_id, reply in replies.items()]
+
+
+class MockLLMServer:
+    """One uvicorn server on a free port, in a thread: a mock-llm app per case, at
+    `/cases/<case id>`, answering with that case's rules after that case's latency."""
+
+    def __init__(self, cases: list[Case]) -> None:
+        mounts = [
+            Mount(
+                f"/cases/{case.id}",
+                app=create_app(
+                    MockOptions(replies=tuple(mock_rules(case)), latency_ms=llm_delay_ms(case))
+                ),
+            )
+            for case in cases
+        ]
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(128)
+        self.port = self._sock.getsockname()[1]
+        config = uvicorn.Config(
+            Starlette(routes=mounts), log_level="warning", lifespan="off", ws="none"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.close()
+                pytest.fail("the mock-llm server did not start within 20 s")
+            time.sleep(0.01)
+
+    def url(self, case: Case) -> str:
+        return f"http://127.0.0.1:{self.port}/cases/{case.id}/v1"
+
+    def requests(self, case: Case) -> list[dict[str, Any]]:
+        answer: list[dict[str, Any]] = httpx.get(
+            f"http://127.0.0.1:{self.port}/cases/{case.id}/requests", timeout=5
+        ).json()
+        return answer
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+
+@pytest.fixture(scope="module")
+def mock_llm_server() -> Iterator[MockLLMServer]:
+    server = MockLLMServer(LLM_CASES)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+class MockLLMProcess:
     """A `fanflow mock-llm` process on a free port."""
 
     def __init__(self, tmp_path: Path, replies: list[dict[str, Any]], *args: str) -> None:
@@ -99,7 +176,8 @@ class MockLLM:
 
 @pytest.fixture
 def isolated_llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """`fanflow run` (a subprocess, inheriting this environment) sees only the mock."""
+    """`fanflow run` (in process, or a subprocess inheriting this environment) sees only
+    the mock."""
     for name in ("FANFLOW_LLM_PROVIDERS_FILE", "FANFLOW_LLM_API_KEY", "FANFLOW_LLM_TIMEOUT_S"):
         monkeypatch.delenv(name, raising=False)
     yield monkeypatch
@@ -120,32 +198,49 @@ def fixture_for(case: Case, tmp_path: Path) -> Path:
     return patched
 
 
-@pytest.mark.parametrize("case", LLM_CASES, ids=[c.id for c in LLM_CASES])
-def test_case(case: Case, tmp_path: Path, isolated_llm_env: pytest.MonkeyPatch) -> None:
+def check_llm_case(
+    case: Case, result: dict[str, Any], asked: list[dict[str, Any]], elapsed_s: float
+) -> None:
+    check(case, result)
+    # every LLM call went to the mock, named its node, and was answered by that node's rule
     replies = llm_replies(case)
     assert replies is not None
-    rules = [{"node": node_id, **reply} for node_id, reply in replies.items()]
+    assert asked, "no LLM request reached the mock"
+    assert {request["node_id"] for request in asked} <= set(replies), asked
+    assert elapsed_s >= llm_delay_ms(case) / 1000
+    if case.expected_status == "failed":  # failed because a mocked error said so
+        errors = [reply["error"] for reply in replies.values() if "error" in reply]
+        assert any(error in str(result.get("error")) for error in errors), result
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in LLM_CASES])
+def test_case(
+    case: Case,
+    tmp_path: Path,
+    isolated_llm_env: pytest.MonkeyPatch,
+    mock_llm_server: MockLLMServer,
+) -> None:
+    isolated_llm_env.setenv("FANFLOW_LLM_BASE_URL", mock_llm_server.url(case))
+    started = time.monotonic()
+    result = fanflow_run(fixture_for(case, tmp_path), case.inputs, case.query, tmp_path)
+    elapsed_s = time.monotonic() - started
+    check_llm_case(case, result, mock_llm_server.requests(case), elapsed_s)
+
+
+def test_case_cli_processes(tmp_path: Path, isolated_llm_env: pytest.MonkeyPatch) -> None:
+    """One case with `fanflow mock-llm` and `fanflow run` as subprocesses."""
+    (case,) = [case for case in LLM_CASES if case.id == CLI_PROCESS_CASE]
     delay_ms = llm_delay_ms(case)
-    mock = MockLLM(tmp_path, rules, "--latency-ms", f"{delay_ms:g}")
+    mock = MockLLMProcess(tmp_path, mock_rules(case), "--latency-ms", f"{delay_ms:g}")
     try:
         isolated_llm_env.setenv("FANFLOW_LLM_BASE_URL", mock.url)
         started = time.monotonic()
-        result = fanflow_run(fixture_for(case, tmp_path), case.inputs, case.query, tmp_path)
+        result = fanflow_run_process(fixture_for(case, tmp_path), case.inputs, case.query, tmp_path)
         elapsed_s = time.monotonic() - started
         asked = mock.requests()
     finally:
         mock.close()
-    assert result["status"] == case.expected_status, result
-    assert outputs_match(result["outputs"], case.expected_outputs, exact=case.exact_outputs), (
-        f"outputs {result['outputs']!r} != expected {case.expected_outputs!r}"
-    )
-    # every LLM call went to the mock, named its node, and was answered by that node's rule
-    assert asked, "no LLM request reached the mock"
-    assert {request["node_id"] for request in asked} <= set(replies), asked
-    assert elapsed_s >= delay_ms / 1000
-    if case.expected_status == "failed":  # failed because a mocked error said so
-        errors = [reply["error"] for reply in replies.values() if "error" in reply]
-        assert any(error in str(result.get("error")) for error in errors), result
+    check_llm_case(case, result, asked, elapsed_s)
 
 
 def test_enough_llm_cases_run() -> None:
