@@ -3,7 +3,7 @@ calls to a `fanflow mock-llm` that answers each node (by `X-Fanflow-Node-Id`) wh
 case's `mocks` say it returned; a mocked error is answered with a 4xx, which no retry fixes.
 
 One real HTTP server (uvicorn, in a thread) serves the module: each case gets its own
-mock-llm app (`fanflow.mock_llm.create_app`, the app `fanflow mock-llm` serves) with its
+mock-llm app (`fanflow.llm.mock_server.create_app`, the app `fanflow mock-llm` serves) with its
 rules and latency, mounted under `/cases/<case id>`, and runs `fanflow run` in process.
 `test_case_cli_processes` runs one case with both commands as subprocesses.
 """
@@ -27,7 +27,7 @@ import yaml
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from fanflow.mock_llm import MockOptions, create_app
+from fanflow.llm.mock_server import MockOptions, create_app
 from tests.conformance.cases import (
     FIXTURES,
     Case,
