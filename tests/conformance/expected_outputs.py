@@ -35,10 +35,6 @@ EXPECTED_OUTPUTS: dict[str, Expected] = {
         f"{ORACLE}: graphon merges only the last round's Answer text into the run's outputs "
         "(engine/container_handler/builtin/iteration.py, _complete_iteration_step); the "
         'stream upstream asserts is "apple\\nbanana\\ndone"',
-        difference=(
-            "fanflow's outputs join every round's Answer text ('apple\\nbanana\\ndone', the "
-            "text Dify streams); Dify's engine keeps only the last round's ('banana\\ndone')"
-        ),
     ),
     "65-builder_restricted/http_text": Expected(
         {}, f"{ORACLE}: the request cannot be made (no HTTP fixture), the run fails, no outputs"

@@ -127,7 +127,9 @@ def _close_item(step: _Step, scope: Scope, node: Node) -> None:
     frame = state.iterations[key]
     mode = node.data.get("error_handle_mode") or "terminated"
     if scope.failure is None:
-        step.merge_responses(scope)
+        step.respond(state.scopes[frame.scope], outputs=scope.outputs)
+        if scope.answer is not None and scope.index > frame.answer_index:
+            frame.answer, frame.answer_index = scope.answer, scope.index
         selector = node.data.get("output_selector") or []
         value = resolve_or_none(step.lookup(scope.key), selector)
         step.out.append(RecordItem(key, scope.index, value))
@@ -170,6 +172,8 @@ def on_items_collected(step: _Step, event: ItemsCollected) -> None:
         outputs = _flatten(outputs)
     del state.iterations[event.iteration]
     parent = state.scopes[frame.scope]
+    if frame.answer is not None:
+        step.respond(parent, answer=frame.answer)
     step.emit("iteration_completed", parent, node, status="succeeded", count=frame.count)
     step.node_succeeded(parent, node, {"output": outputs})
 

@@ -76,6 +76,10 @@ class IterationFrame:
     done: int = 0
     failure: Failure | None = None
     collecting: bool = False
+    #: the Answer text of the highest-index item that succeeded: as in Dify's engine, only
+    #: the last round's answer reaches the run's outputs (every round's text is streamed)
+    answer: str | None = None
+    answer_index: int = -1
 
 
 @dataclass
