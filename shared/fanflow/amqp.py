@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -26,12 +27,14 @@ from aio_pika.abc import (
 )
 
 from fanflow.amqp_consumers import (
+    EVENT_BATCH,
     BatchConsumer,
     Consumer,
     ControlSubscription,
     EventSubscription,
     SingleConsumer,
     Subscription,
+    batch_body,
     broker_errors,
 )
 from fanflow.messages import NodeTask, TaskResult
@@ -48,6 +51,7 @@ from fanflow.transport import (
 )
 
 __all__ = [
+    "EVENT_BATCH",
     "AmqpBroker",
     "BatchHandler",
     "BrokerError",
@@ -58,11 +62,27 @@ __all__ = [
     "Event",
     "EventSubscription",
     "Handler",
+    "Publish",
     "PublishFailed",
     "Unroutable",
+    "batch_body",
 ]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """One message for `AmqpBroker.publish_many` (the arguments of `publish_raw`)."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str | None
+    headers: Mapping[str, Any] | None = None
+    persistent: bool = True
+    delay_ms: int = 0
+    mandatory: bool = True
 
 
 class AmqpBroker:
@@ -222,31 +242,88 @@ class AmqpBroker:
         ``exchange`` "" is the default exchange. A delay is only for the tasks exchange:
         the message waits in the class's delay queue, which then routes it on.
         """
+        publication = Publish(
+            exchange,
+            routing_key,
+            body,
+            message_id=message_id,
+            headers=headers,
+            persistent=persistent,
+            delay_ms=delay_ms,
+            mandatory=mandatory,
+        )
+        [error] = await self.publish_many([publication])
+        if error is not None:
+            raise error
+
+    async def publish_many(self, publications: Sequence[Publish]) -> list[Exception | None]:
+        """Publish every message at once and await their confirms together: per message,
+        in order, None when confirmed or the error (`Unroutable`, `PublishFailed`,
+        `ValueError` for a delay outside the tasks exchange).
+
+        All publishes are written to the one confirming channel before any confirm is
+        awaited, so a batch costs about one broker round trip, and the broker receives
+        them in order. Nothing is raised: the caller decides per message.
+        """
         channel = self._require(self._publisher)
-        if delay_ms:
-            if exchange != self.topology.tasks_exchange:
-                raise ValueError(f"only tasks can be delayed, not messages to {exchange!r}")
-            spec = self.topology.delay_queue_spec(routing_key, delay_ms)
+        errors: list[Exception | None] = [None] * len(publications)
+        routes: list[tuple[str, str] | None] = []
+        renewed: set[str] = set()
+        for position, publication in enumerate(publications):
+            try:
+                routes.append(await self._route(publication, renewed))
+            except (ValueError, BrokerError) as exc:
+                errors[position] = exc
+                routes.append(None)
+        exchanges: dict[str, Any] = {"": channel.default_exchange}
+        for route in routes:
+            if route is not None and route[0] not in exchanges:
+                exchanges[route[0]] = await channel.get_exchange(route[0], ensure=False)
+        sends = [
+            (position, self._send(exchanges[route[0]], route, publication))
+            for position, (route, publication) in enumerate(zip(routes, publications, strict=True))
+            if route is not None
+        ]
+        outcomes = await asyncio.gather(*(send for _, send in sends), return_exceptions=True)
+        for (position, _), outcome in zip(sends, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                errors[position] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome  # cancelled: not ours to swallow
+        return errors
+
+    async def _route(self, publication: Publish, renewed: set[str]) -> tuple[str, str]:
+        """(exchange, routing key) to publish to: a delayed task goes to its delay queue."""
+        if not publication.delay_ms:
+            return publication.exchange, publication.routing_key
+        if publication.exchange != self.topology.tasks_exchange:
+            raise ValueError(f"only tasks can be delayed, not messages to {publication.exchange!r}")
+        spec = self.topology.delay_queue_spec(publication.routing_key, publication.delay_ms)
+        if spec.name not in renewed:
             # redeclared on every use: that renews the queue's x-expires lease
             with broker_errors(f"declaring delay queue {spec.name!r}"):
                 await self._declare_queue(spec)
+            renewed.add(spec.name)
             self._delay_queues.add(spec.name)
-            exchange, routing_key = "", spec.name
+        return "", spec.name
+
+    async def _send(self, target: Any, route: tuple[str, str], publication: Publish) -> None:
+        exchange, routing_key = route
         message = aio_pika.Message(
-            body,
-            headers=dict(headers or {}),
+            publication.body,
+            headers=dict(publication.headers or {}),
             content_type="application/json",
-            delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
-            message_id=message_id,
+            delivery_mode=DeliveryMode.PERSISTENT
+            if publication.persistent
+            else DeliveryMode.NOT_PERSISTENT,
+            message_id=publication.message_id,
         )
         try:
-            target = (
-                channel.default_exchange
-                if exchange == ""
-                else await channel.get_exchange(exchange, ensure=False)
-            )
             await target.publish(
-                message, routing_key, mandatory=mandatory, timeout=self.publish_timeout_s
+                message,
+                routing_key,
+                mandatory=publication.mandatory,
+                timeout=self.publish_timeout_s,
             )
         except aiormq.exceptions.PublishError as exc:
             raise Unroutable(

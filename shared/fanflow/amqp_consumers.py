@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
@@ -42,7 +42,8 @@ def broker_errors(what: str) -> Iterator[None]:
 
 
 async def _settle(message: AbstractIncomingMessage, disposition: Disposition) -> None:
-    """The one place where fanflow acknowledges, requeues or dead-letters a delivery."""
+    """The one place where fanflow acknowledges, requeues or dead-letters a delivery
+    (`_settle_batch` acknowledges a whole batch with one frame)."""
     try:
         if disposition is Disposition.ACK:
             await message.ack()
@@ -53,6 +54,25 @@ async def _settle(message: AbstractIncomingMessage, disposition: Disposition) ->
     except (aiormq.exceptions.AMQPError, RuntimeError) as exc:
         # the channel is gone, and with it the delivery: the broker redelivers it
         log.warning("could not %s message %s: %r", disposition.value, message.message_id, exc)
+
+
+async def _settle_batch(
+    messages: list[AbstractIncomingMessage], dispositions: list[Disposition]
+) -> None:
+    """Settle a batch: one `multiple` ack when every delivery is acknowledged.
+
+    Valid because a batch consumer settles its batches in order before taking the next:
+    no delivery of its channel older than the batch's newest (the last received) is still
+    unsettled. After a reconnect, deliveries of the old channel are redelivered anyway.
+    """
+    if len(messages) > 1 and all(d is Disposition.ACK for d in dispositions):
+        try:
+            await messages[-1].ack(multiple=True)
+        except (aiormq.exceptions.AMQPError, RuntimeError) as exc:
+            log.warning("could not ack %d messages: %r", len(messages), exc)
+        return
+    for message, disposition in zip(messages, dispositions, strict=True):
+        await _settle(message, disposition)
 
 
 def _failure(exc: Exception, where: str) -> Disposition:
@@ -219,8 +239,7 @@ class BatchConsumer(Consumer):
                 batch.append(item)
             try:
                 dispositions = await self._dispose([_delivery(m) for m in batch])
-                for message, disposition in zip(batch, dispositions, strict=True):
-                    await _settle(message, disposition)
+                await _settle_batch(batch, dispositions)
             finally:
                 self._end(len(batch))
             if ended:
@@ -283,11 +302,15 @@ class Subscription(Generic[T]):
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         try:
-            item = self._parse(message)
+            items = self._parse_all(message)
         except ValueError as exc:
             log.warning("dropping malformed message on %s: %s", self.exchange, exc)
             return
-        self._items.put_nowait(item)
+        for item in items:
+            self._items.put_nowait(item)
+
+    def _parse_all(self, message: AbstractIncomingMessage) -> list[T]:
+        return [self._parse(message)]
 
     def _parse(self, message: AbstractIncomingMessage) -> T:
         raise NotImplementedError
@@ -320,9 +343,27 @@ class EventSubscription(Subscription[Event]):
         with broker_errors(f"unbinding events of run {run_id!r}"):
             await self._queue().unbind(self.exchange, self.topology.event_pattern(run_id))
 
-    def _parse(self, message: AbstractIncomingMessage) -> Event:
+    def _parse_all(self, message: AbstractIncomingMessage) -> list[Event]:
         run_id, name = self.topology.parse_event_key(message.routing_key or "")
-        return Event(run_id, name, _json_object(message.body))
+        payload = _json_object(message.body)
+        if name != EVENT_BATCH:
+            return [Event(run_id, name, payload)]
+        events = payload.get("events")
+        if not isinstance(events, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("event"), str) for e in events
+        ):
+            raise ValueError("an event batch must hold a list of events with names")
+        return [Event(run_id, event["event"], event) for event in events]
+
+
+#: the routing-key event name of several events of one run in one message, as
+#: `{"events": [event body, ...]}`; subscriptions hand them out one by one
+EVENT_BATCH = "batch"
+
+
+def batch_body(bodies: Sequence[bytes]) -> bytes:
+    """One event batch message holding the given event bodies (JSON objects), in order."""
+    return b'{"events":[' + b",".join(bodies) + b"]}"
 
 
 class ControlSubscription(Subscription[dict[str, Any]]):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from fanflow.amqp import Publish
 from fanflow.mesh.driver import DELAY_STEPS_MS, Envelope, RunDriver, delay_step_ms
 from fanflow.mesh.relay import OutboxRelay
 from fanflow.messages import NodeTask
@@ -64,10 +65,15 @@ class _Broker:
         self.refuse = refuse
         self.published: list[str] = []
 
-    async def publish_raw(self, exchange: str, routing_key: str, body: bytes, **kw: object):  # type: ignore[no-untyped-def]
-        if kw["message_id"] == self.refuse:
-            raise ValueError("cannot be published")
-        self.published.append(str(kw["message_id"]))
+    async def publish_many(self, publications: list[Publish]) -> list[Exception | None]:
+        outcomes: list[Exception | None] = []
+        for publication in publications:
+            if publication.message_id == self.refuse:
+                outcomes.append(ValueError("cannot be published"))
+            else:
+                self.published.append(str(publication.message_id))
+                outcomes.append(None)
+        return outcomes
 
 
 async def test_an_unpublishable_row_does_not_block_the_others(tmp_path: Path) -> None:
