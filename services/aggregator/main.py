@@ -30,6 +30,8 @@ from fanflow.store import AppRecord, RunNotFound, Store
 log = logging.getLogger("fanflow.aggregator")
 _APP_CACHE_SIZE = 10_000
 REQUEUE_BACKOFF_S = 2.0
+#: runs of one batch applied at once, each in its own transaction and connection
+RUNS_IN_PARALLEL = 4
 
 
 class Aggregator:
@@ -130,11 +132,26 @@ class Aggregator:
             if item is not None:
                 by_run.setdefault(item[0], []).append(position)
         dispositions = [Disposition.REJECT] * len(envelopes)
-        for run_id, positions in by_run.items():
-            outcome = await self._apply(run_id, [envelopes[p][1] for p in positions])  # type: ignore[index]
-            for position in positions:
-                dispositions[position] = outcome
+        runs = list(by_run.items())
+        # one transaction per run, several runs at once (PostgreSQL locks rows, so they
+        # proceed in parallel; SQLite has one writer, so there they take turns)
+        width = 1 if self._single_writer else RUNS_IN_PARALLEL
+        for start in range(0, len(runs), width):
+            group = runs[start : start + width]
+            outcomes = await asyncio.gather(
+                *(
+                    self._apply(run_id, [envelopes[p][1] for p in positions])  # type: ignore[index]
+                    for run_id, positions in group
+                )
+            )
+            for (_, positions), outcome in zip(group, outcomes, strict=True):
+                for position in positions:
+                    dispositions[position] = outcome
         return dispositions
+
+    @property
+    def _single_writer(self) -> bool:
+        return self.store is None or self.store.engine.dialect.name == "sqlite"
 
     async def _apply(self, run_id: str, envelopes: list[Envelope]) -> Disposition:
         assert self.driver is not None and self.relay is not None
@@ -155,7 +172,7 @@ class Aggregator:
             RESULTS_APPLIED.labels("error").inc(len(envelopes))
             return Disposition.REQUEUE
         RESULTS_APPLIED.labels("applied").inc(len(envelopes))
-        if published:
+        if published.messages:  # rows, or best-effort events only
             await self.relay.publish(published)
         return Disposition.ACK
 

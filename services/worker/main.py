@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import replace
@@ -29,11 +30,38 @@ log = logging.getLogger("fanflow.worker")
 STOPPED_RUNS_REMEMBERED = 10_000
 
 
+#: a class's prefetch when neither its setting nor FANFLOW_WORKER_PREFETCH is set: I/O-bound
+#: classes wait on upstreams, so many in flight; code runs on this machine's CPUs
+DEFAULT_PREFETCH = {"llm": 64, "http": 64, "tool": 16}
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def prefetch_for(settings: Settings, cls: str, *, prefetch: int | None = None) -> int:
+    """One class's prefetch: `prefetch` (the CLI's `--prefetch`), else the class's own
+    setting (`FANFLOW_WORKER_PREFETCH_LLM`), else FANFLOW_WORKER_PREFETCH, else its default."""
+    if prefetch:
+        return prefetch
+    own = getattr(settings, f"worker_prefetch_{cls}", None)
+    if own:
+        return int(own)
+    if settings.worker_prefetch:
+        return settings.worker_prefetch
+    return DEFAULT_PREFETCH.get(cls, cpu_count())
+
+
 class Worker:
-    def __init__(self, settings: Settings, *, queues: list[str], prefetch: int) -> None:
+    def __init__(
+        self, settings: Settings, *, queues: list[str], prefetch: int | None = None
+    ) -> None:
         self.settings = settings
         self.queues = queues
-        self.prefetch = prefetch
+        self.prefetch = {cls: prefetch_for(settings, cls, prefetch=prefetch) for cls in queues}
         self.topology = settings.topology()
         self.context: ExecutionContext = context_from_settings(settings)
         self._stopped: OrderedDict[str, None] = OrderedDict()
@@ -60,9 +88,13 @@ class Worker:
             listener = asyncio.create_task(self._listen(control))
             for cls in self.queues:
                 await broker.consume(
-                    self.topology.task_queue(cls), self.handle, prefetch=self.prefetch
+                    self.topology.task_queue(cls), self.handle, prefetch=self.prefetch[cls]
                 )
-            log.info("serving %s with prefetch %d", ",".join(self.queues), self.prefetch)
+            log.info(
+                "serving %s with prefetch %s",
+                ",".join(self.queues),
+                ",".join(f"{cls}={n}" for cls, n in self.prefetch.items()),
+            )
             await stop.wait()
             log.info("draining in-flight tasks")
             await broker.drain(timeout_s=self.settings.drain_timeout_s)
@@ -124,7 +156,7 @@ def _observe_queue_wait(cls: str, headers: dict) -> None:
     QUEUE_WAIT.labels(cls).observe(max(0.0, time.time() - ready_at))
 
 
-def run(settings: Settings, *, queues: list[str], prefetch: int) -> None:
+def run(settings: Settings, *, queues: list[str], prefetch: int | None = None) -> None:
     configure_logging("worker")
     serve_metrics(settings.metrics_port)
     worker = Worker(settings, queues=queues, prefetch=prefetch)

@@ -38,11 +38,20 @@ class Settings(BaseSettings):
 
     # ---- worker ----
     worker_queues: str = "llm,http,code"
-    worker_prefetch: int = 8
+    #: prefetch of every class this worker serves; unset: per class, as below
+    worker_prefetch: int | None = None
     task_timeout_s: float = defaults.TASK_TIMEOUT_S
     code_timeout_s: float = 60.0
     code_memory_mb: int = 512
     drain_timeout_s: float = 30.0
+
+    # ---- worker prefetch per class: a class's concurrency in one worker process ----
+    #: unset: FANFLOW_WORKER_PREFETCH if set, else the class's default (services/worker:
+    #: llm and http 64 — they wait on I/O —, tool 16, code the number of CPUs)
+    worker_prefetch_llm: int | None = Field(default=None, ge=1)
+    worker_prefetch_http: int | None = Field(default=None, ge=1)
+    worker_prefetch_code: int | None = Field(default=None, ge=1)
+    worker_prefetch_tool: int | None = Field(default=None, ge=1)
 
     # ---- LLM providers (fanflow.llm.providers) ----
     #: the OpenAI-compatible base URL (…/v1) of every provider the providers file leaves out

@@ -8,6 +8,7 @@ Each test runs in its own random namespace and deletes what it declared.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -17,13 +18,16 @@ import pytest
 
 from fanflow.errors import DecodeError
 from fanflow.mesh.amqp import (
+    EVENT_BATCH,
     AmqpBroker,
     BrokerError,
     Delivery,
     Disposition,
     Event,
+    Publish,
     PublishFailed,
     Unroutable,
+    batch_body,
 )
 from fanflow.mesh.memory import MemoryBroker
 from fanflow.mesh.topology import HEADER_CLASS, HEADER_RUN_ID, Topology
@@ -394,3 +398,54 @@ def test_topology_names_and_arguments() -> None:
         topology.event_route("a.b", "x")
     with pytest.raises(ValueError):
         topology.delay_queue("code", 0)
+
+
+async def test_publish_many_pipelines_and_reports_per_message(make_broker: MakeBroker) -> None:
+    broker = await make_broker()
+    queue = broker.topology.results_queue
+    publications = [Publish("", queue, f"m{i}".encode(), message_id=f"m{i}") for i in range(300)]
+    publications.insert(100, Publish("", "no-such-queue", b"lost", message_id="lost"))
+    publications.insert(200, Publish("", queue, b"late", message_id="late", delay_ms=100))
+    errors = await broker.publish_many(publications)
+    assert isinstance(errors[100], Unroutable)
+    assert isinstance(errors[200], ValueError)  # only tasks can be delayed
+    assert [e for i, e in enumerate(errors) if i not in (100, 200)] == [None] * 300
+    got = await collect(broker, queue, 300)
+    assert [d.message_id for d in got] == [f"m{i}" for i in range(300)]  # in publish order
+
+
+async def test_an_event_batch_reaches_subscribers_as_single_events(
+    make_broker: MakeBroker,
+) -> None:
+    broker = await make_broker()
+    events = await broker.subscribe_events()
+    await events.bind("run-a")
+    bodies = [
+        json.dumps({"run_id": "run-a", "event": name, "data": {"i": i}}).encode()
+        for i, name in enumerate(["node_started", "node_finished", "iteration_next"])
+    ]
+    route = broker.topology.event_route("run-a", EVENT_BATCH)
+    await broker.publish_raw(
+        route.exchange, route.routing_key, batch_body(bodies), message_id=None, mandatory=False
+    )
+    await broker.publish_event("run-a", "workflow_finished", {"n": 1})
+    got = [await asyncio.wait_for(anext(events), 5) for _ in range(4)]
+    assert [e.name for e in got] == [
+        "node_started",
+        "node_finished",
+        "iteration_next",
+        "workflow_finished",
+    ]
+    assert got[1] == Event("run-a", "node_finished", json.loads(bodies[1]))
+    await events.close()
+
+
+async def test_a_batch_acked_at_once_is_not_redelivered(make_broker: MakeBroker) -> None:
+    broker = await make_broker()
+    queue = broker.topology.results_queue
+    for i in range(40):
+        await broker.publish_raw("", queue, b"x", message_id=f"m{i}")
+    assert len(await collect(broker, queue, 40)) == 40  # one batch, one multiple-ack
+    other = await make_broker(broker.topology, declare=False)
+    await asyncio.sleep(0.2)
+    assert await other.message_count(queue) == 0

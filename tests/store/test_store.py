@@ -459,3 +459,68 @@ async def test_outbox_pending_and_published(store: Store, app_id: str) -> None:
     await store.mark_published([])
     assert await store.pending_outbox(run_id=run_id) == []
     assert await store.pending_outbox(run_id=control_run) == []
+
+
+# ---- bulk writes ---------------------------------------------------------------------
+
+
+async def test_buffered_writes_are_seen_in_the_transaction_and_written_at_commit(
+    store: Store, app_id: str
+) -> None:
+    run_id = await _new_run(store, app_id)
+    async with store.run_transaction(run_id) as tx:
+        await tx.record_items(RecordItem("it", i, i) for i in range(3))
+    async with store.run_transaction(run_id) as tx:
+        assert await tx.seen_many([f"{run_id}/a", f"{run_id}/b", f"{run_id}/a"]) == [
+            False,
+            False,
+            True,  # a duplicate within one batch
+        ]
+        await tx.record_item("it", 1, "again")  # overwrites the stored item, unwritten yet
+        await tx.record_item("it", 5, 5)
+        assert await tx.collect_items("it") == [
+            StoredItem(0, 0, False),
+            StoredItem(1, "again", False),
+            StoredItem(2, 2, False),
+            StoredItem(5, 5, False),
+        ]
+        await tx.record_item("it", 7, 7)  # recorded after the collect: written at commit
+        # two events for one node in one transaction merge as two upserts would
+        await tx.upsert_node_execution(
+            node_id="n", node_type="llm", status="running", inputs={"q": 1}, started_at=1.0
+        )
+        await tx.upsert_node_execution(
+            node_id="n", node_type="llm", status="succeeded", outputs={"a": 2}, finished_at=2.0,
+            attempts=1,
+        )  # fmt: skip
+    async with store.run_transaction(run_id) as tx:
+        assert await tx.seen_many([f"{run_id}/b", f"{run_id}/c"]) == [True, False]
+        assert await tx.collect_items("it") == [StoredItem(7, 7, False)]
+    [node] = await store.list_node_executions(run_id)
+    assert (node.status, node.inputs, node.outputs, node.started_at, node.finished_at) == (
+        "succeeded",
+        {"q": 1},
+        {"a": 2},
+        1.0,
+        2.0,
+    )
+
+
+async def test_many_node_executions_in_one_transaction(store: Store, app_id: str) -> None:
+    run_id = await _new_run(store, app_id)
+    async with store.run_transaction(run_id) as tx:
+        for i in range(1500):  # more than one page of a multi-row insert
+            await tx.upsert_node_execution(
+                node_id="n", node_type="code", scope=f"it#{i}", status="running", inputs={"i": i}
+            )
+    async with store.run_transaction(run_id) as tx:
+        for i in range(0, 1500, 2):
+            await tx.upsert_node_execution(
+                node_id="n", node_type="code", scope=f"it#{i}", status="succeeded",
+                outputs={"y": i},
+            )  # fmt: skip
+    executions = {e.scope: e for e in await store.list_node_executions(run_id)}
+    assert len(executions) == 1500
+    assert (executions["it#4"].status, executions["it#4"].inputs) == ("succeeded", {"i": 4})
+    assert executions["it#4"].outputs == {"y": 4}
+    assert (executions["it#5"].status, executions["it#5"].outputs) == ("running", None)

@@ -10,8 +10,7 @@ requeues or rejects to the dead-letter exchange accordingly.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -36,18 +35,22 @@ from fanflow.mesh.amqp_consumers import (
 )
 from fanflow.mesh.topology import QueueSpec, Topology
 from fanflow.mesh.transport import (
+    EVENT_BATCH,
     BatchHandler,
     BrokerError,
     Delivery,
     Disposition,
     Event,
     Handler,
+    Publish,
+    Publisher,
     PublishFailed,
     Unroutable,
+    batch_body,
 )
-from fanflow.messages import NodeTask, TaskResult
 
 __all__ = [
+    "EVENT_BATCH",
     "AmqpBroker",
     "BatchHandler",
     "BrokerError",
@@ -58,14 +61,16 @@ __all__ = [
     "Event",
     "EventSubscription",
     "Handler",
+    "Publish",
     "PublishFailed",
     "Unroutable",
+    "batch_body",
 ]
 
 T = TypeVar("T")
 
 
-class AmqpBroker:
+class AmqpBroker(Publisher):
     """A robust connection to RabbitMQ with a confirming publisher and fanflow's consumers.
 
     Use as ``async with AmqpBroker(url, topology=...) as broker``. Call `declare()` once
@@ -159,52 +164,6 @@ class AmqpBroker:
 
     # -- publishing -----------------------------------------------------------------------
 
-    async def publish_task(self, task: NodeTask, *, delay_ms: int = 0) -> None:
-        """Publish a node task to its class queue, or to its delay queue when delay_ms > 0."""
-        route = self.topology.task_route(task.node_type)
-        await self.publish_raw(
-            route.exchange,
-            route.routing_key,
-            task.encode(),
-            message_id=self.topology.task_message_id(task),
-            headers=self.topology.task_headers(task),
-            delay_ms=delay_ms,
-        )
-
-    async def publish_result(self, result: TaskResult) -> None:
-        route = self.topology.result_route()
-        await self.publish_raw(
-            route.exchange,
-            route.routing_key,
-            result.encode(),
-            message_id=self.topology.result_message_id(result.task_id),
-            headers=self.topology.result_headers(result),
-        )
-
-    async def publish_event(self, run_id: str, event_name: str, payload: dict[str, Any]) -> None:
-        """Publish a run event; nobody listening is fine (not mandatory, not persistent)."""
-        route = self.topology.event_route(run_id, event_name)
-        await self.publish_raw(
-            route.exchange,
-            route.routing_key,
-            json.dumps(payload).encode(),
-            message_id=None,
-            persistent=False,
-            mandatory=False,
-        )
-
-    async def publish_control(self, payload: dict[str, Any]) -> None:
-        """Broadcast to every worker's control subscription (no workers is fine)."""
-        route = self.topology.control_route()
-        await self.publish_raw(
-            route.exchange,
-            route.routing_key,
-            json.dumps(payload).encode(),
-            message_id=None,
-            persistent=False,
-            mandatory=False,
-        )
-
     async def publish_raw(
         self,
         exchange: str,
@@ -222,31 +181,88 @@ class AmqpBroker:
         ``exchange`` "" is the default exchange. A delay is only for the tasks exchange:
         the message waits in the class's delay queue, which then routes it on.
         """
+        publication = Publish(
+            exchange,
+            routing_key,
+            body,
+            message_id=message_id,
+            headers=headers,
+            persistent=persistent,
+            delay_ms=delay_ms,
+            mandatory=mandatory,
+        )
+        [error] = await self.publish_many([publication])
+        if error is not None:
+            raise error
+
+    async def publish_many(self, publications: Sequence[Publish]) -> list[Exception | None]:
+        """Publish every message at once and await their confirms together: per message,
+        in order, None when confirmed or the error (`Unroutable`, `PublishFailed`,
+        `ValueError` for a delay outside the tasks exchange).
+
+        All publishes are written to the one confirming channel before any confirm is
+        awaited, so a batch costs about one broker round trip, and the broker receives
+        them in order. Nothing is raised: the caller decides per message.
+        """
         channel = self._require(self._publisher)
-        if delay_ms:
-            if exchange != self.topology.tasks_exchange:
-                raise ValueError(f"only tasks can be delayed, not messages to {exchange!r}")
-            spec = self.topology.delay_queue_spec(routing_key, delay_ms)
+        errors: list[Exception | None] = [None] * len(publications)
+        routes: list[tuple[str, str] | None] = []
+        renewed: set[str] = set()
+        for position, publication in enumerate(publications):
+            try:
+                routes.append(await self._route(publication, renewed))
+            except (ValueError, BrokerError) as exc:
+                errors[position] = exc
+                routes.append(None)
+        exchanges: dict[str, Any] = {"": channel.default_exchange}
+        for route in routes:
+            if route is not None and route[0] not in exchanges:
+                exchanges[route[0]] = await channel.get_exchange(route[0], ensure=False)
+        sends = [
+            (position, self._send(exchanges[route[0]], route, publication))
+            for position, (route, publication) in enumerate(zip(routes, publications, strict=True))
+            if route is not None
+        ]
+        outcomes = await asyncio.gather(*(send for _, send in sends), return_exceptions=True)
+        for (position, _), outcome in zip(sends, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                errors[position] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome  # cancelled: not ours to swallow
+        return errors
+
+    async def _route(self, publication: Publish, renewed: set[str]) -> tuple[str, str]:
+        """(exchange, routing key) to publish to: a delayed task goes to its delay queue."""
+        if not publication.delay_ms:
+            return publication.exchange, publication.routing_key
+        if publication.exchange != self.topology.tasks_exchange:
+            raise ValueError(f"only tasks can be delayed, not messages to {publication.exchange!r}")
+        spec = self.topology.delay_queue_spec(publication.routing_key, publication.delay_ms)
+        if spec.name not in renewed:
             # redeclared on every use: that renews the queue's x-expires lease
             with broker_errors(f"declaring delay queue {spec.name!r}"):
                 await self._declare_queue(spec)
+            renewed.add(spec.name)
             self._delay_queues.add(spec.name)
-            exchange, routing_key = "", spec.name
+        return "", spec.name
+
+    async def _send(self, target: Any, route: tuple[str, str], publication: Publish) -> None:
+        exchange, routing_key = route
         message = aio_pika.Message(
-            body,
-            headers=dict(headers or {}),
+            publication.body,
+            headers=dict(publication.headers or {}),
             content_type="application/json",
-            delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
-            message_id=message_id,
+            delivery_mode=DeliveryMode.PERSISTENT
+            if publication.persistent
+            else DeliveryMode.NOT_PERSISTENT,
+            message_id=publication.message_id,
         )
         try:
-            target = (
-                channel.default_exchange
-                if exchange == ""
-                else await channel.get_exchange(exchange, ensure=False)
-            )
             await target.publish(
-                message, routing_key, mandatory=mandatory, timeout=self.publish_timeout_s
+                message,
+                routing_key,
+                mandatory=publication.mandatory,
+                timeout=self.publish_timeout_s,
             )
         except aiormq.exceptions.PublishError as exc:
             raise Unroutable(

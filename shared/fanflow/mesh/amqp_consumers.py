@@ -8,7 +8,6 @@ requeued or dead-lettered.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -22,9 +21,20 @@ from aio_pika.abc import (
     DeliveryMode,
 )
 
-from fanflow.errors import DecodeError
 from fanflow.mesh.topology import Topology
-from fanflow.mesh.transport import BatchHandler, BrokerError, Delivery, Disposition, Event, Handler
+from fanflow.mesh.transport import (
+    BatchHandler,
+    BrokerError,
+    Delivery,
+    Disposition,
+    Event,
+    Handler,
+    handle_batch,
+    handle_one,
+    json_object,
+    parse_events,
+    take_batch,
+)
 
 # the transport's logger, as before the split: log settings that name it keep working
 log = logging.getLogger("fanflow.mesh.amqp")
@@ -42,7 +52,8 @@ def broker_errors(what: str) -> Iterator[None]:
 
 
 async def _settle(message: AbstractIncomingMessage, disposition: Disposition) -> None:
-    """The one place where fanflow acknowledges, requeues or dead-letters a delivery."""
+    """The one place where fanflow acknowledges, requeues or dead-letters a delivery
+    (`_settle_batch` acknowledges a whole batch with one frame)."""
     try:
         if disposition is Disposition.ACK:
             await message.ack()
@@ -55,12 +66,23 @@ async def _settle(message: AbstractIncomingMessage, disposition: Disposition) ->
         log.warning("could not %s message %s: %r", disposition.value, message.message_id, exc)
 
 
-def _failure(exc: Exception, where: str) -> Disposition:
-    if isinstance(exc, DecodeError):
-        log.warning("%s: undecodable message, dead-lettering it: %s", where, exc)
-        return Disposition.REJECT
-    log.error("%s: handler failed, requeueing", where, exc_info=exc)
-    return Disposition.REQUEUE
+async def _settle_batch(
+    messages: list[AbstractIncomingMessage], dispositions: list[Disposition]
+) -> None:
+    """Settle a batch: one `multiple` ack when every delivery is acknowledged.
+
+    Valid because a batch consumer settles its batches in order before taking the next:
+    no delivery of its channel older than the batch's newest (the last received) is still
+    unsettled. After a reconnect, deliveries of the old channel are redelivered anyway.
+    """
+    if len(messages) > 1 and all(d is Disposition.ACK for d in dispositions):
+        try:
+            await messages[-1].ack(multiple=True)
+        except (aiormq.exceptions.AMQPError, RuntimeError) as exc:
+            log.warning("could not ack %d messages: %r", len(messages), exc)
+        return
+    for message, disposition in zip(messages, dispositions, strict=True):
+        await _settle(message, disposition)
 
 
 def _delivery(message: AbstractIncomingMessage) -> Delivery:
@@ -164,15 +186,7 @@ class SingleConsumer(Consumer):
             self._end(1)
 
     async def _dispose(self, message: AbstractIncomingMessage) -> Disposition:
-        where = f"{self.queue_name} message {message.message_id}"
-        try:
-            headers = dict(message.headers or {})
-            disposition = await self.handler(message.body, headers, bool(message.redelivered))
-            if not isinstance(disposition, Disposition):
-                raise TypeError(f"handler returned {disposition!r}, not a Disposition")
-        except Exception as exc:
-            return _failure(exc, where)
-        return disposition
+        return await handle_one(self.handler, self.queue_name, _delivery(message))
 
 
 class BatchConsumer(Consumer):
@@ -205,47 +219,18 @@ class BatchConsumer(Consumer):
         self._buffer.put_nowait(message)
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while (first := await self._buffer.get()) is not None:
-            batch, deadline, ended = [first], loop.time() + self.max_wait_s, False
-            while len(batch) < self.batch_size:
-                try:
-                    item = await asyncio.wait_for(self._buffer.get(), deadline - loop.time())
-                except TimeoutError:
-                    break
-                if item is None:
-                    ended = True
-                    break
-                batch.append(item)
+            batch, ended = await take_batch(
+                self._buffer, first, batch_size=self.batch_size, max_wait_s=self.max_wait_s
+            )
             try:
-                dispositions = await self._dispose([_delivery(m) for m in batch])
-                for message, disposition in zip(batch, dispositions, strict=True):
-                    await _settle(message, disposition)
+                deliveries = [_delivery(m) for m in batch]
+                dispositions = await handle_batch(self.handler, self.queue_name, deliveries)
+                await _settle_batch(batch, dispositions)
             finally:
                 self._end(len(batch))
             if ended:
                 return
-
-    async def _dispose(self, deliveries: list[Delivery]) -> list[Disposition]:
-        try:
-            dispositions = list(await self.handler(deliveries))
-            if len(dispositions) != len(deliveries) or not all(
-                isinstance(d, Disposition) for d in dispositions
-            ):
-                raise TypeError(
-                    f"batch handler returned {dispositions!r} for {len(deliveries)} deliveries"
-                )
-        except Exception as exc:
-            if len(deliveries) == 1:
-                return [_failure(exc, f"{self.queue_name} message {deliveries[0].message_id}")]
-            log.warning(
-                "%s: batch of %d failed (%r); retrying each delivery alone",
-                self.queue_name,
-                len(deliveries),
-                exc,
-            )
-            return [d for one in deliveries for d in await self._dispose([one])]
-        return dispositions
 
 
 class Subscription(Generic[T]):
@@ -283,11 +268,15 @@ class Subscription(Generic[T]):
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         try:
-            item = self._parse(message)
+            items = self._parse_all(message)
         except ValueError as exc:
             log.warning("dropping malformed message on %s: %s", self.exchange, exc)
             return
-        self._items.put_nowait(item)
+        for item in items:
+            self._items.put_nowait(item)
+
+    def _parse_all(self, message: AbstractIncomingMessage) -> list[T]:
+        return [self._parse(message)]
 
     def _parse(self, message: AbstractIncomingMessage) -> T:
         raise NotImplementedError
@@ -296,13 +285,6 @@ class Subscription(Generic[T]):
         if self.queue is None:
             raise RuntimeError("subscription not started")
         return self.queue
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    payload = json.loads(body)
-    if not isinstance(payload, dict):
-        raise ValueError(f"expected a JSON object, got {type(payload).__name__}")
-    return payload
 
 
 class EventSubscription(Subscription[Event]):
@@ -320,13 +302,12 @@ class EventSubscription(Subscription[Event]):
         with broker_errors(f"unbinding events of run {run_id!r}"):
             await self._queue().unbind(self.exchange, self.topology.event_pattern(run_id))
 
-    def _parse(self, message: AbstractIncomingMessage) -> Event:
-        run_id, name = self.topology.parse_event_key(message.routing_key or "")
-        return Event(run_id, name, _json_object(message.body))
+    def _parse_all(self, message: AbstractIncomingMessage) -> list[Event]:
+        return parse_events(self.topology, message.routing_key or "", message.body)
 
 
 class ControlSubscription(Subscription[dict[str, Any]]):
     """Control broadcasts (e.g. ``{"stop_run": run_id}``) as dicts."""
 
     def _parse(self, message: AbstractIncomingMessage) -> dict[str, Any]:
-        return _json_object(message.body)
+        return json_object(message.body)

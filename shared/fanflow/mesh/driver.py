@@ -41,6 +41,20 @@ from fanflow.workflow import Workflow
 
 KIND_TASK, KIND_EVENT, KIND_CONTROL = "task", "event", "control"
 FINISHED = frozenset({"succeeded", "partial-succeeded", "failed", "stopped"})
+#: events written to the outbox (published even if this process dies right after commit):
+#: the ones blocking calls and streams need to end. Every other event is progress, published
+#: after commit without a row, lost on a crash (README: "Durable and best-effort events").
+DURABLE_EVENTS = frozenset({"workflow_started", "workflow_finished"})
+
+
+class Committed(list[int]):
+    """What a step committed: its outbox ids (a list), and every message to publish now, in
+    order — the outbox rows as written (`(id, message)`, so nobody reads them back) and the
+    best-effort events (`(None, message)`, no row)."""
+
+    def __init__(self, messages: Sequence[tuple[int | None, OutboxMessage]] = ()) -> None:
+        super().__init__(row_id for row_id, _ in messages if row_id is not None)
+        self.messages: list[tuple[int | None, OutboxMessage]] = list(messages)
 
 
 @dataclass(frozen=True)
@@ -98,7 +112,7 @@ class RunDriver:
         self.limits = limits
         self.workflows = WorkflowCache()
 
-    async def start_run(self, app: AppRecord, run_id: str, request: RunRequest) -> list[int]:
+    async def start_run(self, app: AppRecord, run_id: str, request: RunRequest) -> Committed:
         """Create the run and its first fan-out. Raises `InputsInvalid` before writing."""
         workflow = self.workflows.get(app)
         now = time.time()
@@ -118,17 +132,19 @@ class RunDriver:
         ) as tx:
             return await self._finish_step(tx, scheduler, state, commands, created_at=now)
 
-    async def apply(self, app: AppRecord, run_id: str, envelopes: Sequence[Envelope]) -> list[int]:
-        """Apply events to a run in one transaction; returns the outbox ids to publish."""
+    async def apply(self, app: AppRecord, run_id: str, envelopes: Sequence[Envelope]) -> Committed:
+        """Apply events to a run in one transaction; returns what to publish after it."""
         scheduler = Scheduler(self.workflows.get(app), limits=self.limits)
         async with self.store.run_transaction(run_id) as tx:
             if tx.status in FINISHED:
-                return []  # late or duplicate messages of a finished run change nothing
+                return Committed()  # late or duplicate messages of a finished run change nothing
+            ids = [e.message_id for e in envelopes if e.message_id]
+            seen = iter(await tx.seen_many(ids) if ids else ())
             state = load_state(tx.state())
             commands: list[Command] = []
             applied = 0
             for envelope in envelopes:
-                if envelope.message_id and await tx.seen(envelope.message_id):
+                if envelope.message_id and next(seen):
                     continue
                 applied += 1
                 # the state was just decoded for this transaction: advance it in place
@@ -136,7 +152,7 @@ class RunDriver:
                 state, more = await self._resolve_collections(tx, scheduler, state, more)
                 commands.extend(more)
             if not applied:
-                return []
+                return Committed()
             return await self._finish_step(tx, scheduler, state, commands)
 
     async def _resolve_collections(
@@ -168,14 +184,17 @@ class RunDriver:
         commands: list[Command],
         *,
         created_at: float | None = None,
-    ) -> list[int]:
+    ) -> Committed:
         state, commands = await self._resolve_collections(tx, scheduler, state, commands)
         now = time.time()
-        outbox: list[OutboxMessage] = []
+        # in command order; `durable` marks the ones that go through the outbox
+        messages: list[OutboxMessage] = []
+        durable: list[bool] = []
         finished: RunFinished | None = None
         for command in commands:
             if isinstance(command, DispatchTask):
-                outbox.append(self._task_message(command, now))
+                messages.append(self._task_message(command, now))
+                durable.append(True)
                 task = command.task
                 # what the node reads, as the worker will see it (attempts so far)
                 await tx.upsert_node_execution(
@@ -189,10 +208,11 @@ class RunDriver:
                     started_at=now if task.attempt == 0 else None,
                 )
             elif isinstance(command, Emit):
-                outbox.append(self._event_message(state.run_id, command, now))
+                messages.append(self._event_message(state.run_id, command, now))
+                durable.append(command.event in DURABLE_EVENTS)
                 await self._record_node(tx, command, now)
             elif isinstance(command, CancelTasks):
-                outbox.append(
+                messages.append(
                     OutboxMessage(
                         kind=KIND_CONTROL,
                         routing="",
@@ -200,6 +220,7 @@ class RunDriver:
                         message_id=f"stop:{command.run_id}",
                     )
                 )
+                durable.append(True)
             elif isinstance(command, RunFinished):
                 finished = command
             elif isinstance(command, StartTimer):
@@ -220,7 +241,14 @@ class RunDriver:
             await tx.forget_scratch()
             RUNS_FINISHED.labels(finished.status).inc()
             RUN_DURATION.observe(now - started)
-        return await tx.add_outbox(outbox) if outbox else []
+        rows = [m for m, keep in zip(messages, durable, strict=True) if keep]
+        row_ids = iter(await tx.add_outbox(rows) if rows else ())
+        return Committed(
+            [
+                (next(row_ids) if keep else None, m)
+                for m, keep in zip(messages, durable, strict=True)
+            ]
+        )
 
     def _task_message(self, command: DispatchTask, now: float) -> OutboxMessage:
         task = command.task

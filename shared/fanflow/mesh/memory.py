@@ -16,27 +16,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
-from fanflow.errors import DecodeError
+from fanflow.mesh.memory_consumers import (
+    BatchMemoryConsumer,
+    MemoryConsumer,
+    MemoryControlSubscription,
+    MemoryEventSubscription,
+    MemoryMessage,
+    MemorySubscription,
+    SingleMemoryConsumer,
+)
 from fanflow.mesh.topology import QueueSpec, Topology
 from fanflow.mesh.transport import (
     BatchHandler,
     BrokerError,
-    Delivery,
     Disposition,
-    Event,
     Handler,
+    Publisher,
     PublishFailed,
     Unroutable,
 )
-from fanflow.messages import NodeTask, TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -45,39 +50,12 @@ T = TypeVar("T")
 __all__ = ["MemoryBroker"]
 
 
-@dataclass(frozen=True)
-class _Message:
-    body: bytes
-    headers: Mapping[str, Any]
-    message_id: str | None
-    exchange: str
-    routing_key: str
-    persistent: bool
-    #: times it went back to its queue (quorum queues' x-delivery-count)
-    returns: int = 0
-    redelivered: bool = False
-
-    def delivery(self) -> Delivery:
-        headers = dict(self.headers)
-        if self.returns:
-            headers["x-delivery-count"] = self.returns
-        return Delivery(
-            body=self.body,
-            headers=headers,
-            redelivered=self.redelivered,
-            message_id=self.message_id,
-            routing_key=self.routing_key,
-            persistent=self.persistent,
-            delivery_count=self.returns,
-        )
-
-
 @dataclass
 class _Queue:
     name: str
     arguments: Mapping[str, Any]
-    ready: deque[_Message] = field(default_factory=deque)
-    consumers: list[_Consumer] = field(default_factory=list)
+    ready: deque[MemoryMessage] = field(default_factory=deque)
+    consumers: list[MemoryConsumer] = field(default_factory=list)
     #: round robin over consumers with a free prefetch slot
     turn: int = 0
 
@@ -87,7 +65,7 @@ class _Queue:
         return int(limit) if limit is not None else None
 
 
-class MemoryBroker:
+class MemoryBroker(Publisher):
     """`AmqpBroker`'s interface, in this process's memory. Use as ``async with``."""
 
     def __init__(self, *, topology: Topology | None = None) -> None:
@@ -96,8 +74,8 @@ class MemoryBroker:
         #: exchange -> (type, [(queue or subscription, routing key)])
         self._exchanges: dict[str, str] = {}
         self._bindings: dict[str, list[tuple[str, str]]] = {}
-        self._subscriptions: dict[str, _Subscription[Any]] = {}
-        self._consumers: list[_Consumer] = []
+        self._subscriptions: dict[str, MemorySubscription[Any]] = {}
+        self._consumers: list[MemoryConsumer] = []
         self._timers: set[asyncio.TimerHandle] = set()
         self._delay_queues: set[str] = set()
         self._connected = False
@@ -149,49 +127,6 @@ class MemoryBroker:
 
     # -- publishing -----------------------------------------------------------------------
 
-    async def publish_task(self, task: NodeTask, *, delay_ms: int = 0) -> None:
-        route = self.topology.task_route(task.node_type)
-        await self.publish_raw(
-            route.exchange,
-            route.routing_key,
-            task.encode(),
-            message_id=self.topology.task_message_id(task),
-            headers=self.topology.task_headers(task),
-            delay_ms=delay_ms,
-        )
-
-    async def publish_result(self, result: TaskResult) -> None:
-        route = self.topology.result_route()
-        await self.publish_raw(
-            route.exchange,
-            route.routing_key,
-            result.encode(),
-            message_id=self.topology.result_message_id(result.task_id),
-            headers=self.topology.result_headers(result),
-        )
-
-    async def publish_event(self, run_id: str, event_name: str, payload: dict[str, Any]) -> None:
-        route = self.topology.event_route(run_id, event_name)
-        await self.publish_raw(
-            route.exchange,
-            route.routing_key,
-            json.dumps(payload).encode(),
-            message_id=None,
-            persistent=False,
-            mandatory=False,
-        )
-
-    async def publish_control(self, payload: dict[str, Any]) -> None:
-        route = self.topology.control_route()
-        await self.publish_raw(
-            route.exchange,
-            route.routing_key,
-            json.dumps(payload).encode(),
-            message_id=None,
-            persistent=False,
-            mandatory=False,
-        )
-
     async def publish_raw(
         self,
         exchange: str,
@@ -214,7 +149,7 @@ class MemoryBroker:
             self._declare_queue(spec)
             self._delay_queues.add(spec.name)
             exchange, routing_key = "", spec.name
-        message = _Message(
+        message = MemoryMessage(
             bytes(body), dict(headers or {}), message_id, exchange, routing_key, persistent
         )
         if not self._route(message) and mandatory:
@@ -224,9 +159,9 @@ class MemoryBroker:
 
     # -- consuming ------------------------------------------------------------------------
 
-    async def consume(self, queue_name: str, handler: Handler, *, prefetch: int) -> _Consumer:
+    async def consume(self, queue_name: str, handler: Handler, *, prefetch: int) -> MemoryConsumer:
         """Run `handler` on every delivery, at most `prefetch` at a time (as `AmqpBroker`)."""
-        return self._start(_SingleConsumer(self, queue_name, handler, prefetch))
+        return self._start(SingleMemoryConsumer(self, queue_name, handler, prefetch))
 
     async def consume_batches(
         self,
@@ -236,23 +171,23 @@ class MemoryBroker:
         batch_size: int,
         max_wait_s: float,
         prefetch: int | None = None,
-    ) -> _Consumer:
+    ) -> MemoryConsumer:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        consumer = _BatchConsumer(
+        consumer = BatchMemoryConsumer(
             self, queue_name, handler, prefetch or 2 * batch_size, batch_size, max_wait_s
         )
         return self._start(consumer)
 
-    async def subscribe_events(self, pattern: str | None = None) -> _EventSubscription:
-        subscription = _EventSubscription(self, self._private_name())
+    async def subscribe_events(self, pattern: str | None = None) -> MemoryEventSubscription:
+        subscription = MemoryEventSubscription(self, self._private_name())
         self._subscriptions[subscription.name] = subscription
         if pattern is not None:
             self._bind(self.topology.events_exchange, subscription.name, pattern)
         return subscription
 
-    async def subscribe_control(self) -> _ControlSubscription:
-        subscription = _ControlSubscription(self, self._private_name())
+    async def subscribe_control(self) -> MemoryControlSubscription:
+        subscription = MemoryControlSubscription(self, self._private_name())
         self._subscriptions[subscription.name] = subscription
         self._bind(self.topology.control_exchange, subscription.name, "")
         return subscription
@@ -327,7 +262,7 @@ class MemoryBroker:
                 found.append(target)
         return list(dict.fromkeys(found))
 
-    def _route(self, message: _Message) -> bool:
+    def _route(self, message: MemoryMessage) -> bool:
         targets = self._targets(message.exchange, message.routing_key)
         routed = False
         for target in targets:
@@ -340,7 +275,7 @@ class MemoryBroker:
                 routed = True
         return routed
 
-    def _enqueue(self, queue: _Queue, message: _Message) -> None:
+    def _enqueue(self, queue: _Queue, message: MemoryMessage) -> None:
         ttl = queue.arguments.get("x-message-ttl")
         if ttl is not None:
             # a delay queue: nobody consumes it; the message moves on when its time is up
@@ -366,7 +301,7 @@ class MemoryBroker:
             queue.turn += 1
             consumer.deliver(queue.ready.popleft())
 
-    def _settle(self, queue_name: str, message: _Message, disposition: Disposition) -> None:
+    def _settle(self, queue_name: str, message: MemoryMessage, disposition: Disposition) -> None:
         """The one place where a delivery is acknowledged, requeued or dead-lettered."""
         queue = self._queues.get(queue_name)
         if queue is None or disposition is Disposition.ACK:
@@ -382,7 +317,7 @@ class MemoryBroker:
         queue.ready.append(returned)
         self._dispatch(queue)
 
-    def _dead_letter(self, queue: _Queue, message: _Message, *, reason: str) -> None:
+    def _dead_letter(self, queue: _Queue, message: MemoryMessage, *, reason: str) -> None:
         exchange = queue.arguments.get("x-dead-letter-exchange")
         if exchange is None:
             log.warning("dropping %s from %s (%s): no dead-letter route", message.message_id,
@@ -398,19 +333,19 @@ class MemoryBroker:
         }
         headers = dict(message.headers)
         headers["x-death"] = [death, *headers.get("x-death", [])]
-        moved = _Message(message.body, headers, message.message_id, str(exchange), str(key),
+        moved = MemoryMessage(message.body, headers, message.message_id, str(exchange), str(key),
                          message.persistent)  # fmt: skip
         if not self._route(moved):
             log.warning("dead-lettered %s from %s reached no queue", message.message_id, queue.name)
 
-    def _start(self, consumer: _Consumer) -> _Consumer:
+    def _start(self, consumer: MemoryConsumer) -> MemoryConsumer:
         queue = self._queue(consumer.queue_name)
         queue.consumers.append(consumer)
         self._consumers.append(consumer)
         self._dispatch(queue)
         return consumer
 
-    def _detach(self, consumer: _Consumer) -> None:
+    def _detach(self, consumer: MemoryConsumer) -> None:
         queue = self._queues.get(consumer.queue_name)
         if queue is not None and consumer in queue.consumers:
             queue.consumers.remove(consumer)
@@ -430,242 +365,3 @@ def _match(pattern: list[str], words: list[str]) -> bool:
     if not words:
         return False
     return (head in ("*", words[0])) and _match(rest, words[1:])
-
-
-def _failure(exc: Exception, where: str) -> Disposition:
-    if isinstance(exc, DecodeError):
-        log.warning("%s: undecodable message, dead-lettering it: %s", where, exc)
-        return Disposition.REJECT
-    log.error("%s: handler failed, requeueing", where, exc_info=exc)
-    return Disposition.REQUEUE
-
-
-class _Consumer:
-    """One consumer of one queue with `prefetch` deliveries at most unsettled."""
-
-    def __init__(self, broker: MemoryBroker, queue_name: str, prefetch: int) -> None:
-        if prefetch < 1:
-            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
-        self.broker = broker
-        self.queue_name = queue_name
-        self.prefetch = prefetch
-        self._unsettled: dict[int, _Message] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._stopping = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._serial = 0
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._unsettled)
-
-    def has_room(self) -> bool:
-        return not self._stopping and len(self._unsettled) < self.prefetch
-
-    def deliver(self, message: _Message) -> None:
-        self._serial += 1
-        self._unsettled[self._serial] = message
-        self._idle.clear()
-        self._received(self._serial, message)
-
-    def _received(self, tag: int, message: _Message) -> None:
-        raise NotImplementedError
-
-    def settle(self, tag: int, disposition: Disposition) -> None:
-        message = self._unsettled.pop(tag, None)
-        if message is None:
-            return  # abandoned meanwhile: it is back in its queue already
-        if not self._unsettled:
-            self._idle.set()
-        self.broker._settle(self.queue_name, message, disposition)
-        queue = self.broker._queues.get(self.queue_name)
-        if queue is not None:
-            self.broker._dispatch(queue)
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def stop(self, *, timeout_s: float | None = 30.0) -> None:
-        """Take no new deliveries; wait for in-flight ones; the rest return to the queue."""
-        self._stopping = True
-        self.broker._detach(self)
-        self._on_stop()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except TimeoutError:
-            log.warning("%s: %d deliveries unsettled at drain deadline", self.queue_name,
-                        len(self._unsettled))  # fmt: skip
-        self.abandon()
-
-    def abandon(self) -> None:
-        """As a closed channel: unsettled deliveries go back to their queue, redelivered."""
-        self._stopping = True
-        self.broker._detach(self)
-        for task in self._tasks:
-            task.cancel()
-        self._on_stop()
-        unsettled, self._unsettled = self._unsettled, {}
-        self._idle.set()
-        queue = self.broker._queues.get(self.queue_name)
-        if queue is None:
-            return
-        for message in unsettled.values():
-            queue.ready.appendleft(replace(message, redelivered=True))
-        self.broker._dispatch(queue)
-
-    def _on_stop(self) -> None:
-        pass
-
-
-class _SingleConsumer(_Consumer):
-    def __init__(
-        self, broker: MemoryBroker, queue_name: str, handler: Handler, prefetch: int
-    ) -> None:
-        super().__init__(broker, queue_name, prefetch)
-        self.handler = handler
-
-    def _received(self, tag: int, message: _Message) -> None:
-        self._spawn(self._handle(tag, message))
-
-    async def _handle(self, tag: int, message: _Message) -> None:
-        delivery = message.delivery()
-        try:
-            disposition = await self.handler(
-                delivery.body, dict(delivery.headers), delivery.redelivered
-            )
-            if not isinstance(disposition, Disposition):
-                raise TypeError(f"handler returned {disposition!r}, not a Disposition")
-        except Exception as exc:
-            disposition = _failure(exc, f"{self.queue_name} message {message.message_id}")
-        self.settle(tag, disposition)
-
-
-class _BatchConsumer(_Consumer):
-    def __init__(
-        self,
-        broker: MemoryBroker,
-        queue_name: str,
-        handler: BatchHandler,
-        prefetch: int,
-        batch_size: int,
-        max_wait_s: float,
-    ) -> None:
-        super().__init__(broker, queue_name, prefetch)
-        self.handler = handler
-        self.batch_size = batch_size
-        self.max_wait_s = max_wait_s
-        self._buffer: asyncio.Queue[tuple[int, _Message] | None] = asyncio.Queue()
-        self._spawn(self._loop())
-
-    def _received(self, tag: int, message: _Message) -> None:
-        self._buffer.put_nowait((tag, message))
-
-    def _on_stop(self) -> None:
-        self._buffer.put_nowait(None)
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while (first := await self._buffer.get()) is not None:
-            batch, deadline, ended = [first], loop.time() + self.max_wait_s, False
-            while len(batch) < self.batch_size:
-                try:
-                    item = await asyncio.wait_for(self._buffer.get(), deadline - loop.time())
-                except TimeoutError:
-                    break
-                if item is None:
-                    ended = True
-                    break
-                batch.append(item)
-            dispositions = await self._dispose([m.delivery() for _, m in batch])
-            for (tag, _), disposition in zip(batch, dispositions, strict=True):
-                self.settle(tag, disposition)
-            if ended:
-                return
-
-    async def _dispose(self, deliveries: list[Delivery]) -> list[Disposition]:
-        try:
-            dispositions = list(await self.handler(deliveries))
-            if len(dispositions) != len(deliveries) or not all(
-                isinstance(d, Disposition) for d in dispositions
-            ):
-                raise TypeError(
-                    f"batch handler returned {dispositions!r} for {len(deliveries)} deliveries"
-                )
-        except Exception as exc:
-            if len(deliveries) == 1:
-                return [_failure(exc, f"{self.queue_name} message {deliveries[0].message_id}")]
-            return [d for one in deliveries for d in await self._dispose([one])]
-        return dispositions
-
-
-class _Subscription(Generic[T]):
-    """An async iterator over a private queue, no acks (as `AmqpBroker`'s)."""
-
-    def __init__(self, broker: MemoryBroker, name: str) -> None:
-        self.broker = broker
-        self.name = name
-        self._items: asyncio.Queue[T | None] = asyncio.Queue()
-        self._finished = False
-
-    def __aiter__(self) -> AsyncIterator[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        if self._finished and self._items.empty():
-            raise StopAsyncIteration
-        item = await self._items.get()
-        if item is None:
-            self._finished = True
-            raise StopAsyncIteration
-        return item
-
-    def offer(self, message: _Message) -> None:
-        if self._finished:
-            return
-        try:
-            self._items.put_nowait(self._parse(message))
-        except ValueError as exc:
-            log.warning("dropping malformed message on %s: %s", message.exchange, exc)
-
-    def _parse(self, message: _Message) -> T:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        self.broker._subscriptions.pop(self.name, None)
-        for bindings in self.broker._bindings.values():
-            bindings[:] = [b for b in bindings if b[0] != self.name]
-        self.finish()
-
-    def finish(self) -> None:
-        if not self._finished:
-            self._finished = True
-            self._items.put_nowait(None)
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    payload = json.loads(body)
-    if not isinstance(payload, dict):
-        raise ValueError(f"expected a JSON object, got {type(payload).__name__}")
-    return payload
-
-
-class _EventSubscription(_Subscription[Event]):
-    async def bind(self, run_id: str) -> None:
-        topology = self.broker.topology
-        self.broker._bind(topology.events_exchange, self.name, topology.event_pattern(run_id))
-
-    async def unbind(self, run_id: str) -> None:
-        topology = self.broker.topology
-        self.broker._unbind(topology.events_exchange, self.name, topology.event_pattern(run_id))
-
-    def _parse(self, message: _Message) -> Event:
-        run_id, name = self.broker.topology.parse_event_key(message.routing_key)
-        return Event(run_id, name, _json_object(message.body))
-
-
-class _ControlSubscription(_Subscription[dict[str, Any]]):
-    def _parse(self, message: _Message) -> dict[str, Any]:
-        return _json_object(message.body)

@@ -1,4 +1,4 @@
-"""Publishing the outbox: after commit, with publisher confirms; rows go once confirmed."""
+"""Publishing the outbox: after commit, pipelined with publisher confirms; rows go once confirmed."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 import time
 from collections.abc import Sequence
 
-from fanflow.mesh.amqp import AmqpBroker, BrokerError
-from fanflow.mesh.driver import KIND_CONTROL, KIND_EVENT, KIND_TASK
+from fanflow.mesh.amqp import EVENT_BATCH, AmqpBroker, BrokerError, Publish, batch_body
+from fanflow.mesh.driver import KIND_CONTROL, KIND_EVENT, KIND_TASK, Committed
 from fanflow.store import OutboxMessage, Store
 
 log = logging.getLogger(__name__)
@@ -16,25 +16,35 @@ log = logging.getLogger(__name__)
 
 class OutboxRelay:
     """Moves committed outbox rows to the broker. Several relays at once only duplicate
-    messages (consumers dedupe on message ids), never lose them."""
+    messages (consumers dedupe on message ids), never lose them.
+
+    A batch of messages is published at once: every publish is written to the channel
+    before any confirm is awaited, then the confirms are awaited together, and the rows
+    confirmed are deleted with one statement.
+    """
 
     #: a recovery sweep leaves rows younger than this to the process that wrote them
     SWEEP_GRACE_S = 10.0
 
-    def __init__(self, store: Store, broker: AmqpBroker, *, batch: int = 200) -> None:
+    def __init__(self, store: Store, broker: AmqpBroker, *, batch: int = 500) -> None:
         self.store = store
         self.broker = broker
         self.batch = batch
         self._lock = asyncio.Lock()
 
     async def publish(self, ids: Sequence[int]) -> int:
-        """Publish the rows a transaction just committed (the ids it returned)."""
+        """Publish what a transaction just committed: a `Committed` (its rows and its
+        best-effort events, as written) or plain outbox ids (read back from the store)."""
+        if isinstance(ids, Committed):
+            entries = self._batch_events(ids.messages)
+        else:
+            entries = []
+            for start in range(0, len(ids), self.batch):
+                chunk = list(ids[start : start + self.batch])
+                entries += await self.store.pending_outbox(limit=len(chunk), ids=chunk)
         published = 0
-        for start in range(0, len(ids), self.batch):
-            chunk = list(ids[start : start + self.batch])
-            published += await self._publish_rows(
-                await self.store.pending_outbox(limit=len(chunk), ids=chunk)
-            )
+        for start in range(0, len(entries), self.batch):
+            published += await self._publish_rows(entries[start : start + self.batch])
         return published
 
     async def sweep(self, *, grace_s: float | None = None) -> int:
@@ -47,32 +57,88 @@ class OutboxRelay:
             )
             if not rows:
                 return published
-            published += await self._publish_rows(rows)
+            published += await self._publish_rows(list(rows))
 
-    async def _publish_rows(self, rows: list[tuple[int, OutboxMessage]]) -> int:
+    async def _publish_rows(self, rows: Sequence[tuple[int | None, OutboxMessage]]) -> int:
+        """Publish `(row id or None, message)`s in order; mark the rows done that were
+        confirmed (or can never be published). A broker failure leaves its rows for the
+        next try and is raised once the others are marked."""
         done: list[int] = []
+        handled = 0
+        failure: BrokerError | None = None
         async with self._lock:
             try:
-                for row_id, message in rows:
-                    try:
-                        await self._publish(message)
-                    except BrokerError:
-                        raise  # the broker is away: the rows stay for the next try
-                    except Exception:
+                publications = [self._publication(m) for _, m in rows]
+                sent = iter(await self.broker.publish_many([p for p in publications if p]))
+                outcomes = [
+                    next(sent) if p else ValueError("unknown message kind") for p in publications
+                ]
+                for (row_id, message), error in zip(rows, outcomes, strict=True):
+                    if isinstance(error, BrokerError):
+                        failure = failure or error  # the broker is away: the row stays
+                        continue
+                    if error is not None:
                         # a row that can never be published must not block the others
-                        log.exception(
-                            "dropping outbox message %s: cannot publish it", message.message_id
+                        log.error(
+                            "dropping outbox message %s: cannot publish it: %r",
+                            message.message_id,
+                            error,
                         )
-                    done.append(row_id)
+                    handled += 1
+                    if row_id is not None:
+                        done.append(row_id)
             finally:
                 if done:
                     await self.store.mark_published(done)
-        return len(done)
+        if failure is not None:
+            raise failure
+        return handled
 
-    async def _publish(self, message: OutboxMessage) -> None:
+    def _batch_events(
+        self, entries: Sequence[tuple[int | None, OutboxMessage]]
+    ) -> list[tuple[int | None, OutboxMessage]]:
+        """A run's best-effort events (no row) become one message, at the place of the
+        first. Events keep their order among themselves and with the durable events (a
+        durable event ends a batch); tasks and controls may pass events, nobody sees both."""
+        topology = self.broker.topology
+        batched: list[tuple[int | None, OutboxMessage]] = []
+        pending: list[OutboxMessage] = []
+        slot = 0
+
+        def close() -> None:
+            if len(pending) > 1:
+                run_id, _ = topology.parse_event_key(pending[0].routing)
+                batched[slot] = (
+                    None,
+                    OutboxMessage(
+                        kind=KIND_EVENT,
+                        routing=topology.event_route(run_id, EVENT_BATCH).routing_key,
+                        body=batch_body([m.body for m in pending]),
+                        message_id=f"{pending[0].message_id}+{len(pending) - 1}",
+                    ),
+                )
+            pending.clear()
+
+        for row_id, message in entries:
+            if message.kind != KIND_EVENT:
+                batched.append((row_id, message))
+                continue
+            if row_id is not None or (pending and _run_of(pending[0]) != _run_of(message)):
+                close()
+            if row_id is not None:
+                batched.append((row_id, message))
+                continue
+            if not pending:
+                slot = len(batched)
+                batched.append((None, message))
+            pending.append(message)
+        close()
+        return batched
+
+    def _publication(self, message: OutboxMessage) -> Publish | None:
         topology = self.broker.topology
         if message.kind == KIND_TASK:
-            await self.broker.publish_raw(
+            return Publish(
                 topology.tasks_exchange,
                 message.routing,
                 message.body,
@@ -80,8 +146,8 @@ class OutboxRelay:
                 headers=message.headers,
                 delay_ms=message.delay_ms,
             )
-        elif message.kind == KIND_EVENT:
-            await self.broker.publish_raw(
+        if message.kind == KIND_EVENT:
+            return Publish(
                 topology.events_exchange,
                 message.routing,
                 message.body,
@@ -89,8 +155,8 @@ class OutboxRelay:
                 persistent=False,
                 mandatory=False,
             )
-        elif message.kind == KIND_CONTROL:
-            await self.broker.publish_raw(
+        if message.kind == KIND_CONTROL:
+            return Publish(
                 topology.control_exchange,
                 "",
                 message.body,
@@ -98,7 +164,9 @@ class OutboxRelay:
                 persistent=False,
                 mandatory=False,
             )
-        else:
-            log.error(
-                "dropping outbox message %s of unknown kind %r", message.message_id, message.kind
-            )
+        log.error("outbox message %s has an unknown kind %r", message.message_id, message.kind)
+        return None
+
+
+def _run_of(message: OutboxMessage) -> str:
+    return message.routing.split(".", 2)[1]

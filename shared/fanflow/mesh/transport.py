@@ -1,18 +1,31 @@
-"""What handlers and services see of the message transport: no aio_pika here.
+"""What handlers and services see of the message transport, and what both brokers share:
+no aio_pika here.
 
 Handlers get a delivery's body, headers and redelivered flag (or a `Delivery`, in batches)
 and return a `Disposition`; the consumer loop settles the delivery accordingly. Broker
-failures raise `BrokerError` and its subclasses.
+failures raise `BrokerError` and its subclasses. `AmqpBroker` (RabbitMQ) and `MemoryBroker`
+(one process) share the typed publishes (`Publisher`), the handler policy
+(`handle_one`, `handle_batch`), batching (`take_batch`) and event parsing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from fanflow.errors import FanflowError
+from fanflow.errors import DecodeError, FanflowError
+from fanflow.mesh.topology import Topology
+from fanflow.messages import NodeTask, TaskResult
+
+# the transport's logger: log settings that name it keep working
+log = logging.getLogger("fanflow.mesh.amqp")
+
+T = TypeVar("T")
 
 
 class Disposition(enum.Enum):
@@ -64,3 +77,202 @@ class PublishFailed(BrokerError):
 
 class Unroutable(PublishFailed):
     """A mandatory publish matched no queue (missing binding or queue)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """One message for `publish_many` (the arguments of `publish_raw`)."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str | None
+    headers: Mapping[str, Any] | None = None
+    persistent: bool = True
+    delay_ms: int = 0
+    mandatory: bool = True
+
+
+#: the routing-key event name of several events of one run in one message, as
+#: `{"events": [event body, ...]}`; subscriptions hand them out one by one
+EVENT_BATCH = "batch"
+
+
+def batch_body(bodies: Sequence[bytes]) -> bytes:
+    """One event batch message holding the given event bodies (JSON objects), in order."""
+    return b'{"events":[' + b",".join(bodies) + b"]}"
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A message body that must be a JSON object; ValueError otherwise."""
+    payload = json.loads(body)
+    if not isinstance(payload, dict):
+        raise ValueError(f"expected a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def parse_events(topology: Topology, routing_key: str, body: bytes) -> list[Event]:
+    """The events one events-exchange message carries (an `EVENT_BATCH` carries several);
+    ValueError when it is malformed."""
+    run_id, name = topology.parse_event_key(routing_key)
+    payload = json_object(body)
+    if name != EVENT_BATCH:
+        return [Event(run_id, name, payload)]
+    events = payload.get("events")
+    if not isinstance(events, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("event"), str) for e in events
+    ):
+        raise ValueError("an event batch must hold a list of events with names")
+    return [Event(run_id, event["event"], event) for event in events]
+
+
+def failure_disposition(exc: Exception, where: str) -> Disposition:
+    """A handler raised: an undecodable message is dead-lettered, anything else requeued
+    (the queue's delivery limit bounds how often)."""
+    if isinstance(exc, DecodeError):
+        log.warning("%s: undecodable message, dead-lettering it: %s", where, exc)
+        return Disposition.REJECT
+    log.error("%s: handler failed, requeueing", where, exc_info=exc)
+    return Disposition.REQUEUE
+
+
+async def handle_one(handler: Handler, queue_name: str, delivery: Delivery) -> Disposition:
+    """Run a single-delivery handler; what it returns or raises, as a Disposition."""
+    try:
+        disposition = await handler(delivery.body, dict(delivery.headers), delivery.redelivered)
+        if not isinstance(disposition, Disposition):
+            raise TypeError(f"handler returned {disposition!r}, not a Disposition")
+    except Exception as exc:
+        return failure_disposition(exc, f"{queue_name} message {delivery.message_id}")
+    return disposition
+
+
+async def handle_batch(
+    handler: BatchHandler, queue_name: str, deliveries: list[Delivery]
+) -> list[Disposition]:
+    """Run a batch handler; when it raises, each delivery is retried alone, so one poison
+    message does not spend its batch-mates' deliveries."""
+    try:
+        dispositions = list(await handler(deliveries))
+        if len(dispositions) != len(deliveries) or not all(
+            isinstance(d, Disposition) for d in dispositions
+        ):
+            raise TypeError(
+                f"batch handler returned {dispositions!r} for {len(deliveries)} deliveries"
+            )
+    except Exception as exc:
+        if len(deliveries) == 1:
+            return [failure_disposition(exc, f"{queue_name} message {deliveries[0].message_id}")]
+        log.warning(
+            "%s: batch of %d failed (%r); retrying each delivery alone",
+            queue_name,
+            len(deliveries),
+            exc,
+        )
+        return [d for one in deliveries for d in await handle_batch(handler, queue_name, [one])]
+    return dispositions
+
+
+async def take_batch(
+    buffer: asyncio.Queue[T | None], first: T, *, batch_size: int, max_wait_s: float
+) -> tuple[list[T], bool]:
+    """`first` and what else arrives in `buffer` within `max_wait_s`, up to `batch_size`;
+    and whether the end marker (None) was met."""
+    loop = asyncio.get_running_loop()
+    batch, deadline = [first], loop.time() + max_wait_s
+    while len(batch) < batch_size:
+        try:
+            item = await asyncio.wait_for(buffer.get(), deadline - loop.time())
+        except TimeoutError:
+            break
+        if item is None:
+            return batch, True
+        batch.append(item)
+    return batch, False
+
+
+class Publisher:
+    """The typed publishes every broker offers, on top of its `publish_raw`."""
+
+    topology: Topology
+
+    async def publish_raw(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str | None,
+        headers: Mapping[str, Any] | None = None,
+        persistent: bool = True,
+        delay_ms: int = 0,
+        mandatory: bool = True,
+    ) -> None:
+        raise NotImplementedError
+
+    async def publish_many(self, publications: Sequence[Publish]) -> list[Exception | None]:
+        """Publish each message; per message, in order, None or the error it raised."""
+        errors: list[Exception | None] = []
+        for p in publications:
+            try:
+                await self.publish_raw(
+                    p.exchange,
+                    p.routing_key,
+                    p.body,
+                    message_id=p.message_id,
+                    headers=p.headers,
+                    persistent=p.persistent,
+                    delay_ms=p.delay_ms,
+                    mandatory=p.mandatory,
+                )
+            except (ValueError, BrokerError) as exc:
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
+
+    async def publish_task(self, task: NodeTask, *, delay_ms: int = 0) -> None:
+        """Publish a node task to its class queue, or to its delay queue when delay_ms > 0."""
+        route = self.topology.task_route(task.node_type)
+        await self.publish_raw(
+            route.exchange,
+            route.routing_key,
+            task.encode(),
+            message_id=self.topology.task_message_id(task),
+            headers=self.topology.task_headers(task),
+            delay_ms=delay_ms,
+        )
+
+    async def publish_result(self, result: TaskResult) -> None:
+        route = self.topology.result_route()
+        await self.publish_raw(
+            route.exchange,
+            route.routing_key,
+            result.encode(),
+            message_id=self.topology.result_message_id(result.task_id),
+            headers=self.topology.result_headers(result),
+        )
+
+    async def publish_event(self, run_id: str, event_name: str, payload: dict[str, Any]) -> None:
+        """Publish a run event; nobody listening is fine (not mandatory, not persistent)."""
+        route = self.topology.event_route(run_id, event_name)
+        await self.publish_raw(
+            route.exchange,
+            route.routing_key,
+            json.dumps(payload).encode(),
+            message_id=None,
+            persistent=False,
+            mandatory=False,
+        )
+
+    async def publish_control(self, payload: dict[str, Any]) -> None:
+        """Broadcast to every worker's control subscription (no workers is fine)."""
+        route = self.topology.control_route()
+        await self.publish_raw(
+            route.exchange,
+            route.routing_key,
+            json.dumps(payload).encode(),
+            message_id=None,
+            persistent=False,
+            mandatory=False,
+        )

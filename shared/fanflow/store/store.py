@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fanflow.scheduler.state import RUNNING
 from fanflow.store._engine import make_engine, write_transaction
+from fanflow.store._statements import statements_for
 from fanflow.store.migrate import upgrade
 from fanflow.store.records import (
     AppNotFound,
@@ -244,15 +245,14 @@ class Store:
     async def _locked(
         self, connection: AsyncConnection, run_id: str
     ) -> AsyncIterator[RunTransaction]:
-        # FOR UPDATE serializes transactions on one run in PostgreSQL (others run in
-        # parallel); SQLite omits it, BEGIN IMMEDIATE already holds the database's write lock
-        statement = select(runs).where(runs.c.id == run_id).with_for_update()
-        row = (await connection.execute(statement)).first()
+        statement = statements_for(connection.dialect.name).lock_run
+        row = (await connection.execute(statement, {"run_id": run_id})).first()
         if row is None:
             raise RunNotFound(f"no run {run_id!r}")
         tx = RunTransaction(connection, row)
         try:
             yield tx
+            await tx._flush()  # the buffered writes, in bulk, before the commit
         finally:
             tx._close()
 

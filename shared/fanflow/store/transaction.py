@@ -1,4 +1,9 @@
-"""One run's unit of work: the run row locked, every change committed together or not at all."""
+"""One run's unit of work: the run row locked, every change committed together or not at all.
+
+Writes are buffered in the transaction and flushed in bulk just before commit (one
+executemany per table), so a batch of results costs a few statements, not a few per
+result. Reads through the transaction see the buffered writes.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fanflow.store._engine import insert_for
+from fanflow.store._statements import SAVED_COLUMNS, Statements, statements_for
 from fanflow.store.records import ItemLike, OutboxMessage, StoredItem, StoreError
-from fanflow.store.schema import (
-    iteration_items,
-    node_executions,
-    outbox,
-    processed_messages,
-    runs,
-)
 
 
 def node_execution_id(run_id: str, scope: str, node_id: str) -> str:
@@ -61,13 +58,18 @@ class RunTransaction:
 
     def __init__(self, connection: AsyncConnection, row: Row[Any]) -> None:
         self._connection: AsyncConnection | None = connection
-        self._insert = insert_for(connection)
+        self._sql: Statements = statements_for(connection.dialect.name)
         self.run_id: str = row.id
         self.app_id: str = row.app_id
         self.status: str = row.status
         self.version: int = row.version
         self.created_at: float = row.created_at
         self._state: bytes = bytes(row.state)
+        # buffered until `_flush`: processed message ids, items, node execution rows
+        self._seen: set[str] = set()
+        self._new_seen: list[str] = []
+        self._items: dict[tuple[str, int], _Item] = {}
+        self._executions: dict[str, dict[str, Any]] = {}
 
     def state(self) -> bytes:
         """The run state as last saved (`load_state` decodes it)."""
@@ -87,19 +89,33 @@ class RunTransaction:
 
         The record is part of this transaction: a rollback forgets it with the rest.
         """
-        statement = (
-            self._insert(processed_messages)
-            .values(message_id=message_id, run_id=self.run_id, at=time.time())
-            .on_conflict_do_nothing(index_elements=["message_id"])
-        )
-        result = await self._conn.execute(statement)
-        return result.rowcount == 0
+        [before] = await self.seen_many([message_id])
+        return before
+
+    async def seen_many(self, message_ids: Sequence[str]) -> list[bool]:
+        """`seen` for many ids with one query: per id, True when processed before (in an
+        earlier transaction, or earlier in this one or in `message_ids`)."""
+        unknown = [m for m in dict.fromkeys(message_ids) if m not in self._seen]
+        if unknown:
+            result = await self._conn.execute(self._sql.seen_ids, {"ids": unknown})
+            self._seen.update(row.message_id for row in result)
+        answers = []
+        for message_id in message_ids:
+            before = message_id in self._seen
+            if not before:
+                self._seen.add(message_id)
+                self._new_seen.append(message_id)
+            answers.append(before)
+        return answers
 
     async def forget_scratch(self) -> None:
         """Drop what only a running run needs: its stored iteration items and the ids of
         the messages it processed (a finished run ignores late messages by its status)."""
-        for table in (iteration_items, processed_messages):
-            await self._conn.execute(delete(table).where(table.c.run_id == self.run_id))
+        self._items.clear()
+        self._new_seen.clear()
+        params = {"run_id": self.run_id}
+        await self._conn.execute(self._sql.forget_items, params)
+        await self._conn.execute(self._sql.forget_seen, params)
 
     async def save(
         self,
@@ -115,22 +131,20 @@ class RunTransaction:
         elapsed_time: float | None = None,
     ) -> None:
         """Write the new state and the run's summary columns (bumps `version`)."""
-        await self._conn.execute(
-            update(runs)
-            .where(runs.c.id == self.run_id)
-            .values(
-                state=state,
-                status=status,
-                outputs=outputs,
-                error=error,
-                total_steps=total_steps,
-                total_tokens=total_tokens,
-                exceptions_count=exceptions_count,
-                finished_at=finished_at,
-                elapsed_time=elapsed_time,
-                version=runs.c.version + 1,
-            )
+        values = dict(
+            state=state,
+            status=status,
+            outputs=outputs,
+            error=error,
+            total_steps=total_steps,
+            total_tokens=total_tokens,
+            exceptions_count=exceptions_count,
+            finished_at=finished_at,
+            elapsed_time=elapsed_time,
         )
+        params: dict[str, Any] = {f"new_{name}": values[name] for name in SAVED_COLUMNS}
+        params["run_id"] = self.run_id
+        await self._conn.execute(self._sql.save_run, params)
         self._state = state
         self.status = status
         self.version += 1
@@ -142,42 +156,31 @@ class RunTransaction:
         await self.record_items([_Item(iteration, index, value, removed)])
 
     async def record_items(self, items: Iterable[ItemLike]) -> None:
-        """`record_item` for many items in one statement (e.g. the scheduler's `RecordItem`s)."""
-        rows = [
-            {
-                "run_id": self.run_id,
-                "iteration": item.iteration,
-                "item_index": item.index,
-                "value": item.value,
-                "removed": item.removed,
-            }
-            for item in items
-        ]
-        if not rows:
-            return
-        statement = self._insert(iteration_items)
-        statement = statement.on_conflict_do_update(
-            index_elements=["run_id", "iteration", "item_index"],
-            set_={"value": statement.excluded.value, "removed": statement.excluded.removed},
-        )
-        await self._conn.execute(statement, rows)
+        """`record_item` for many items (e.g. the scheduler's `RecordItem`s); written in
+        bulk at commit, unless collected before."""
+        for item in items:
+            self._items[(item.iteration, item.index)] = _Item(
+                item.iteration, item.index, item.value, item.removed
+            )
 
     async def collect_items(self, iteration: str) -> list[StoredItem]:
         """Every recorded item of `iteration`, ordered by index, removed from the store.
 
         Removal is part of this transaction, so a rollback puts the items back.
         """
-        where = (iteration_items.c.run_id == self.run_id) & (
-            iteration_items.c.iteration == iteration
-        )
-        result = await self._conn.execute(
-            select(iteration_items.c.item_index, iteration_items.c.value, iteration_items.c.removed)
-            .where(where)
-            .order_by(iteration_items.c.item_index)
-        )
-        items = [StoredItem(row.item_index, row.value, bool(row.removed)) for row in result]
-        await self._conn.execute(delete(iteration_items).where(where))
-        return items
+        params = {"run_id": self.run_id, "iteration": iteration}
+        result = await self._conn.execute(self._sql.stored_items, params)
+        by_index = {
+            row.item_index: StoredItem(row.item_index, row.value, bool(row.removed))
+            for row in result
+        }
+        if by_index:
+            await self._conn.execute(self._sql.delete_items, params)
+        # recorded in this transaction: never written, they overwrite what was stored
+        for key in [key for key in self._items if key[0] == iteration]:
+            item = self._items.pop(key)
+            by_index[item.index] = StoredItem(item.index, item.value, item.removed)
+        return [by_index[index] for index in sorted(by_index)]
 
     async def upsert_node_execution(
         self,
@@ -195,57 +198,84 @@ class RunTransaction:
         started_at: float | None = None,
         finished_at: float | None = None,
     ) -> str:
-        """Insert or update the node's row in `scope`; returns its id.
+        """Insert or update the node's row in `scope` (at commit); returns its id.
 
         On update, status, error, attempts and tokens are replaced; inputs, outputs and
         timestamps given as None keep what an earlier event recorded.
         """
         execution_id = node_execution_id(self.run_id, scope, node_id)
-        statement = self._insert(node_executions).values(
-            id=execution_id,
-            run_id=self.run_id,
-            node_id=node_id,
+        row = self._executions.get(execution_id)
+        if row is None:
+            self._executions[execution_id] = {
+                "id": execution_id,
+                "run_id": self.run_id,
+                "node_id": node_id,
+                "node_type": node_type,
+                "title": title,
+                "scope": scope,
+                "status": status,
+                "inputs": inputs,
+                "outputs": outputs,
+                "error": error,
+                "attempts": attempts,
+                "total_tokens": total_tokens,
+                "started_at": started_at,
+                "finished_at": finished_at,
+                "created_at": time.time(),
+            }
+            return execution_id
+        # a second event for the node in this transaction: merged as the upsert would
+        row.update(
             node_type=node_type,
             title=title,
-            scope=scope,
             status=status,
-            inputs=inputs,
-            outputs=outputs,
             error=error,
             attempts=attempts,
             total_tokens=total_tokens,
-            started_at=started_at,
-            finished_at=finished_at,
-            created_at=time.time(),
         )
-        new = statement.excluded
-        kept = {
-            name: func.coalesce(new[name], node_executions.c[name])
-            for name in ("started_at", "finished_at")
-        }
-        # JSON columns: SQL NULL vs JSON null makes COALESCE unreliable; decide in Python
-        if inputs is not None:
-            kept["inputs"] = new.inputs
-        if outputs is not None:
-            kept["outputs"] = new.outputs
-        statement = statement.on_conflict_do_update(
-            index_elements=["id"],
-            set_={
-                "node_type": new.node_type,
-                "title": new.title,
-                "status": new.status,
-                "error": new.error,
-                "attempts": new.attempts,
-                "total_tokens": new.total_tokens,
-                **kept,
-            },
-        )
-        await self._conn.execute(statement)
+        for name, value in (
+            ("inputs", inputs),
+            ("outputs", outputs),
+            ("started_at", started_at),
+            ("finished_at", finished_at),
+        ):
+            if value is not None:
+                row[name] = value
         return execution_id
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[int]:
         """Queue messages to publish after commit; returns their outbox ids, in order."""
         return await add_outbox(self._conn, self.run_id, messages)
+
+    async def _flush(self) -> None:
+        """Write the buffered rows: one executemany per table (and kind of upsert)."""
+        connection, sql = self._conn, self._sql
+        if self._new_seen:
+            now = time.time()
+            rows = [{"message_id": m, "run_id": self.run_id, "at": now} for m in self._new_seen]
+            self._new_seen = []
+            await connection.execute(sql.insert_seen, rows)
+        if self._items:
+            items = [
+                {
+                    "run_id": self.run_id,
+                    "iteration": item.iteration,
+                    "item_index": item.index,
+                    "value": item.value,
+                    "removed": item.removed,
+                }
+                for item in self._items.values()
+            ]
+            self._items.clear()
+            await connection.execute(sql.upsert_items, items)
+        if self._executions:
+            by_kind: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
+            for row in self._executions.values():
+                kind = (row["inputs"] is not None, row["outputs"] is not None)
+                by_kind.setdefault(kind, []).append(row)
+            self._executions.clear()
+            for kind, rows in by_kind.items():
+                await connection.execute(sql.upsert_executions[kind], rows)
 
 
 async def add_outbox(
@@ -254,7 +284,6 @@ async def add_outbox(
     rows = outbox_rows(run_id, messages)
     if not rows:
         return []
-    result = await connection.execute(
-        outbox.insert().returning(outbox.c.id, sort_by_parameter_order=True), rows
-    )
+    statement = statements_for(connection.dialect.name).insert_outbox
+    result = await connection.execute(statement, rows)
     return [row.id for row in result]
