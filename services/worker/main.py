@@ -13,11 +13,9 @@ import time
 from collections import OrderedDict
 from dataclasses import replace
 
-import httpx
-
 from fanflow.amqp import AmqpBroker, Disposition
 from fanflow.executors import ExecutionContext, execute_with_timeout
-from fanflow.executors.wiring import context_from_settings
+from fanflow.executors.wiring import context_from_settings, http_pool_from_settings
 from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
 from fanflow.messages import NodeTask, TaskResult
 from fanflow.metrics import NODE_DURATION, NODE_EXECUTIONS, QUEUE_WAIT, TASKS_IN_FLIGHT
@@ -49,13 +47,13 @@ class Worker:
                 f"unknown queue class(es) {unknown}; known: {', '.join(self.topology.classes)}"
             )
         async with (
-            httpx.AsyncClient(timeout=self.settings.llm_timeout_s) as http_client,
+            http_pool_from_settings(self.settings, concurrency=self.prefetch) as http_pool,
             AmqpBroker(
                 self.settings.amqp_url, topology=self.topology, connection_name="fanflow-worker"
             ) as broker,
         ):
-            # one pooled client for every LLM call of this process
-            self.context = replace(self.context, http_client=http_client)
+            # one pool for every LLM and http-request call of this process, closed at exit
+            self.context = replace(self.context, http_pool=http_pool)
             self._broker = broker
             await broker.declare()
             control = await broker.subscribe_control()

@@ -101,7 +101,7 @@ def run(
 ) -> None:
     """Run a workflow in this process and print its outputs as JSON."""
     from fanflow.dsl import load_workflow
-    from fanflow.executors.wiring import context_from_settings
+    from fanflow.executors.wiring import context_from_settings, http_pool_from_settings
     from fanflow.runner import EmbeddedRunner
     from fanflow.runtime import RunRequest
     from fanflow.scheduler import Limits
@@ -110,10 +110,12 @@ def run(
         loaded = load_workflow(workflow)
         request = RunRequest(inputs=_parse_inputs(inputs or [], inputs_file), query=query)
         progress = _IterationProgress()
+        settings = _settings()
         runner = EmbeddedRunner(
             limits=Limits(max_steps=max_steps, max_run_seconds=max_run_seconds),
-            context=context_from_settings(_settings()),
+            context=context_from_settings(settings),
             on_event=progress,
+            http_pool=lambda: http_pool_from_settings(settings),
         )
         try:
             result = runner.run(loaded, request)

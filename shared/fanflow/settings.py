@@ -11,7 +11,9 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from fanflow.store import DEFAULT_DATABASE_URL
+#: where `Settings.database_url` points by default (here, not in `fanflow.store`, so that
+#: reading settings does not import SQLAlchemy)
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///fanflow.db"
 
 
 class Settings(BaseSettings):
@@ -69,6 +71,13 @@ class Settings(BaseSettings):
     #: limits of the upstreams the file leaves out (per worker process; unset: none)
     upstream_max_concurrency: int | None = None
     upstream_rps: float | None = None
+
+    # ---- pooled HTTP connections of LLM and http-request nodes (fanflow.http_pool) ----
+    #: connections kept per upstream host; unset: the worker's prefetch (its concurrency
+    #: per class), 256 for `fanflow run`
+    http_max_connections: int | None = None
+    #: how long an idle kept-alive connection stays open
+    http_keepalive_expiry_s: float = 30.0
 
     # ---- aggregator ----
     aggregator_batch_size: int = 50

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fanflow.errors import NodeError
+from fanflow.http_pool import HttpPool
 from fanflow.messages import NodeTask, TaskResult
 from fanflow.sandbox import DEFAULT_MAX_OUTPUT_BYTES
 from fanflow.upstreams import UpstreamFailure
@@ -39,8 +40,9 @@ class ExecutionContext:
     code_max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
     #: breakers and rate limits per upstream (`fanflow.upstreams.Upstreams`); None: unguarded
     upstreams: Any = None
-    #: the pooled `httpx.AsyncClient` for LLM calls (the worker owns and closes it)
-    http_client: Any = None
+    #: the process's pooled HTTP clients (`fanflow.http_pool.HttpPool`), opened and closed
+    #: by whoever owns this context (the worker, the embedded runner); None: a client per call
+    http_pool: HttpPool | None = None
     #: LLM providers (`fanflow.llm.providers.Providers`); None: from the environment
     llm_providers: Any = None
     #: SSRF guard opt-outs for the http-request node (tests, private deployments)

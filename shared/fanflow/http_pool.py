@@ -1,0 +1,124 @@
+"""Pooled HTTP connections of one process, for the LLM nodes and the http-request node.
+
+A new `httpx.AsyncClient` per call builds an SSL context (the CA bundle loaded, ≈40 ms of
+CPU) and opens a new TCP connection: in a fan-out that was most of the process's CPU. An
+`HttpPool` keeps, for the life of the process:
+
+- one SSL context per `verify` setting (`ssl_context`, module-wide);
+- `llm_client(base_url)`: one client per LLM upstream (base URL);
+- `request_client(...)`: the http-request node's client per SSRF-guard setting and
+  `ssl_verify`, its `GuardedTransport` keeping one connection pool per host name, each
+  connection pinned to an address the guard checked for that request.
+
+Every pool keeps up to `max_connections` connections per host alive for
+`keepalive_expiry_s`. No client keeps cookies: a `Set-Cookie` from one node's call must
+not ride along on another run's. The owner of the process's `ExecutionContext` opens the
+pool and closes it at shutdown (the worker; the embedded runner for its run); it lives on
+one event loop.
+"""
+
+from __future__ import annotations
+
+import ssl
+from http.cookiejar import DefaultCookiePolicy
+from types import TracebackType
+
+import httpx
+
+#: connections kept per upstream host when the owner does not size the pool
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_KEEPALIVE_EXPIRY_S = 30.0
+_SSL_CONTEXTS: dict[bool, ssl.SSLContext] = {}
+
+
+def ssl_context(verify: bool = True) -> ssl.SSLContext:
+    """The process's SSL context for `verify` (built on first use: it loads the CA bundle)."""
+    if verify not in _SSL_CONTEXTS:
+        _SSL_CONTEXTS[verify] = httpx.create_ssl_context(verify=verify)
+    return _SSL_CONTEXTS[verify]
+
+
+def without_cookies(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """`client`, made to store no cookie (httpx copies a jar passed in, not its policy)."""
+    client.cookies.jar.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    return client
+
+
+class HttpPool:
+    """The process's HTTP clients; `aclose()` (or `async with`) closes every connection."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        keepalive_expiry_s: float = DEFAULT_KEEPALIVE_EXPIRY_S,
+    ) -> None:
+        self.limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=keepalive_expiry_s,
+        )
+        self._llm: dict[str, httpx.AsyncClient] = {}
+        self._requests: dict[tuple[bool, tuple[str, ...], bool], httpx.AsyncClient] = {}
+        self._closed = False
+
+    def llm_client(self, base_url: str) -> httpx.AsyncClient:
+        """The client for the LLM upstream at `base_url` (timeouts are set per request)."""
+        client = self._llm.get(base_url)
+        if client is None:
+            self._check_open()
+            client = without_cookies(
+                httpx.AsyncClient(verify=ssl_context(True), limits=self.limits)
+            )
+            self._llm[base_url] = client
+        return client
+
+    def request_client(
+        self, *, ssl_verify: bool, allow_private_networks: bool, allow_list: tuple[str, ...]
+    ) -> httpx.AsyncClient:
+        """The http-request node's client: redirects not followed (the node checks every
+        hop), no proxy from the environment, behind the SSRF guard unless it is off."""
+        from fanflow.ssrf import AddressGuard, GuardedTransport
+
+        key = (allow_private_networks, allow_list, ssl_verify)
+        client = self._requests.get(key)
+        if client is None:
+            self._check_open()
+            transport: httpx.AsyncBaseTransport
+            if allow_private_networks:
+                transport = httpx.AsyncHTTPTransport(
+                    verify=ssl_context(ssl_verify), trust_env=False, limits=self.limits
+                )
+            else:
+                guard = AddressGuard(allow_list=allow_list)
+                transport = GuardedTransport(
+                    guard, ssl_context=ssl_context(ssl_verify), limits=self.limits
+                )
+            client = without_cookies(
+                httpx.AsyncClient(transport=transport, trust_env=False, follow_redirects=False)
+            )
+            self._requests[key] = client
+        return client
+
+    async def aclose(self) -> None:
+        self._closed = True
+        clients = [*self._llm.values(), *self._requests.values()]
+        self._llm.clear()
+        self._requests.clear()
+        for client in clients:
+            await client.aclose()
+
+    async def __aenter__(self) -> HttpPool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this HttpPool is closed")
