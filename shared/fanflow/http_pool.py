@@ -20,14 +20,20 @@ one event loop.
 from __future__ import annotations
 
 import ssl
+from collections.abc import AsyncIterator, Callable
 from http.cookiejar import DefaultCookiePolicy
 from types import TracebackType
+from typing import Any
 
 import httpx
 
 #: connections kept per upstream host when the owner does not size the pool
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_KEEPALIVE_EXPIRY_S = 30.0
+#: connections per httpcore pool: its bookkeeping on every request is quadratic in the
+#: pool's size (≈10^4 checks per request at 100), so a host's connections are spread over
+#: pools of at most this many
+SHARD_CONNECTIONS = 16
 _SSL_CONTEXTS: dict[bool, ssl.SSLContext] = {}
 
 
@@ -42,6 +48,80 @@ def without_cookies(client: httpx.AsyncClient) -> httpx.AsyncClient:
     """`client`, made to store no cookie (httpx copies a jar passed in, not its policy)."""
     client.cookies.jar.set_policy(DefaultCookiePolicy(allowed_domains=[]))
     return client
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """`limits.max_connections` connections as several small httpcore pools.
+
+    A request goes to the first pool with a free connection, so sequential requests reuse
+    one connection and concurrent ones fill the pools in order.
+    """
+
+    def __init__(self, *, limits: httpx.Limits | None = None, **options: Any) -> None:
+        limits = limits or httpx.Limits(keepalive_expiry=DEFAULT_KEEPALIVE_EXPIRY_S)
+        total = limits.max_connections or DEFAULT_MAX_CONNECTIONS
+        count = -(-total // SHARD_CONNECTIONS)
+        self._per_shard = -(-total // count)
+        shard_limits = httpx.Limits(
+            max_connections=self._per_shard,
+            max_keepalive_connections=self._per_shard,
+            keepalive_expiry=limits.keepalive_expiry,
+        )
+        self._shards = [
+            httpx.AsyncHTTPTransport(limits=shard_limits, **options) for _ in range(count)
+        ]
+        self._in_flight = [0] * count
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        index = self._pick()
+        self._in_flight[index] += 1
+        try:
+            response = await self._shards[index].handle_async_request(request)
+        except BaseException:
+            self._in_flight[index] -= 1
+            raise
+        return released(response, lambda: self._done(index))
+
+    def _pick(self) -> int:
+        for index, busy in enumerate(self._in_flight):
+            if busy < self._per_shard:
+                return index
+        return min(range(len(self._in_flight)), key=self._in_flight.__getitem__)
+
+    def _done(self, index: int) -> None:
+        self._in_flight[index] -= 1
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.aclose()
+
+
+def released(response: httpx.Response, release: Callable[[], None]) -> httpx.Response:
+    """`response`, calling `release` once when its body is closed."""
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        stream=_Released(response.stream, release),
+        extensions=response.extensions,
+    )
+
+
+class _Released(httpx.AsyncByteStream):
+    def __init__(self, stream: Any, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
 
 
 class HttpPool:
@@ -86,7 +166,7 @@ class HttpPool:
             self._check_open()
             transport: httpx.AsyncBaseTransport
             if allow_private_networks:
-                transport = httpx.AsyncHTTPTransport(
+                transport = ShardedTransport(
                     verify=ssl_context(ssl_verify), trust_env=False, limits=self.limits
                 )
             else:

@@ -28,12 +28,13 @@ import ipaddress
 import socket
 import ssl
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from fanflow.http_pool import ShardedTransport, released
 from fanflow.metrics import SSRF_REFUSALS
 from fanflow.upstreams import UpstreamFailure
 
@@ -219,7 +220,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         self._ssl_context = ssl_context
         self._pool_options = pool
         self._max_hosts = max_hosts
-        self._transports: OrderedDict[str, httpx.AsyncHTTPTransport] = OrderedDict()
+        self._transports: OrderedDict[str, httpx.AsyncBaseTransport] = OrderedDict()
         #: requests per host whose response is not closed yet (a pool in use is not closed)
         self._in_use: dict[str, int] = {}
 
@@ -247,12 +248,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
                 except httpx.ConnectError as exc:
                     failure = exc
                     continue
-                return httpx.Response(
-                    response.status_code,
-                    headers=response.headers,
-                    stream=_Released(response.stream, lambda: self._release(host)),
-                    extensions=response.extensions,
-                )
+                return released(response, lambda: self._release(host))
         except BaseException:
             self._release(host)
             raise
@@ -260,12 +256,12 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         assert failure is not None
         raise failure
 
-    async def _transport(self, host: str) -> httpx.AsyncHTTPTransport:
+    async def _transport(self, host: str) -> httpx.AsyncBaseTransport:
         transport = self._transports.get(host)
         if transport is not None:
             self._transports.move_to_end(host)
             return transport
-        transport = httpx.AsyncHTTPTransport(
+        transport = ShardedTransport(
             verify=self._ssl_context, trust_env=False, **self._pool_options
         )
         self._transports[host] = transport
@@ -286,26 +282,6 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         self._transports.clear()
         for transport in transports:
             await transport.aclose()
-
-
-class _Released(httpx.AsyncByteStream):
-    """A response body that tells its transport when it is closed."""
-
-    def __init__(self, stream: Any, release: Callable[[], None]) -> None:
-        self._stream = stream
-        self._release: Callable[[], None] | None = release
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
 
 
 def _host_name(host: str) -> str:

@@ -21,7 +21,7 @@ from fanflow import ssrf
 from fanflow.dsl import load_workflow
 from fanflow.executors import ExecutionContext, execute_task
 from fanflow.executors.llm import run_llm_node
-from fanflow.http_pool import HttpPool
+from fanflow.http_pool import HttpPool, ShardedTransport
 from fanflow.llm import Providers
 from fanflow.messages import NodeTask
 from fanflow.runner import EmbeddedRunner
@@ -47,7 +47,15 @@ class CountingServer:
     #: requests answered at once, at most (how many connections were really used together)
     peak_in_flight: int = 0
     delay_s: float = 0.0
+    #: hold every answer until this many requests are in flight at once (then answer all)
+    hold_until: int = 0
     _in_flight: int = 0
+    _gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def hold(self, requests: int) -> None:
+        """From now on, answer only once `requests` are in flight together."""
+        self.hold_until = requests
+        self._gate.clear()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -67,6 +75,9 @@ class CountingServer:
                 self.requests.append((path, headers))
                 self._in_flight += 1
                 self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+                if self._in_flight >= self.hold_until:
+                    self._gate.set()
+                await self._gate.wait()
                 await asyncio.sleep(self.delay_s)
                 self._in_flight -= 1
                 extra = ""
@@ -160,7 +171,7 @@ async def test_concurrent_llm_calls_stay_within_the_pools_size(
     counting_server: ServerFactory,
 ) -> None:
     server = await counting_server()
-    server.delay_s = 0.05
+    server.hold(4)
     providers = Providers(default_base_url=f"http://127.0.0.1:{server.port}/v1", timeout_s=10)
     async with HttpPool(max_connections=4) as pool:
         context = ExecutionContext(llm_providers=providers, http_pool=pool)
@@ -310,3 +321,22 @@ async def test_a_guarded_transport_keeps_at_most_max_hosts_pools(
         assert list(transport._transports) == ["h3.test", "h0.test"]
     # h0 was evicted (its connection closed) and came back: 5 connections for 5 requests
     assert server.connections == 5
+
+
+async def test_a_sharded_transport_fills_its_pools_in_order(
+    counting_server: ServerFactory,
+) -> None:
+    server = await counting_server()
+    url = f"http://127.0.0.1:{server.port}/echo"
+    transport = ShardedTransport(limits=httpx.Limits(max_connections=40))
+    assert len(transport._shards) == 3  # 14 + 14 + 14 ≥ 40
+    async with httpx.AsyncClient(transport=transport) as client:
+        for _ in range(3):
+            assert (await client.get(url)).status_code == 200
+        assert server.connections == 1  # sequential: the first pool's one connection
+        server.hold(40)
+        for _ in range(2):
+            responses = await asyncio.gather(*(client.get(url) for _ in range(40)))
+            assert all(r.status_code == 200 for r in responses)
+    assert server.peak_in_flight == 40
+    assert server.connections == 40  # the second wave reused the first wave's
