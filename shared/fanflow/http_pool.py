@@ -147,9 +147,8 @@ class HttpPool:
         client = self._llm.get(base_url)
         if client is None:
             self._check_open()
-            client = without_cookies(
-                httpx.AsyncClient(verify=ssl_context(True), limits=self.limits)
-            )
+            transport = ShardedTransport(verify=ssl_context(True), limits=self.limits)
+            client = without_cookies(httpx.AsyncClient(transport=transport))
             self._llm[base_url] = client
         return client
 
