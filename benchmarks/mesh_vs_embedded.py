@@ -20,15 +20,15 @@ import time
 import uuid
 from pathlib import Path
 
-from fanflow.mesh.amqp import AmqpBroker
 from fanflow.dsl.load import load_workflow
+from fanflow.mesh.amqp import AmqpBroker
 from fanflow.mesh.driver import RunDriver
 from fanflow.mesh.relay import OutboxRelay
+from fanflow.mesh.topology import Topology
 from fanflow.runner import EmbeddedRunner
 from fanflow.runtime import RunRequest
 from fanflow.scheduler import Limits
 from fanflow.store import Store
-from fanflow.mesh.topology import Topology
 
 WORKFLOW = Path(__file__).resolve().parents[1] / "tests" / "data" / "mesh" / "squares.yml"
 AMQP_URL = os.environ.get("FANFLOW_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")

@@ -14,10 +14,8 @@ import time
 from collections import OrderedDict
 from dataclasses import replace
 
-import httpx
-
 from fanflow.executors import ExecutionContext, execute_with_timeout
-from fanflow.executors.wiring import context_from_settings
+from fanflow.executors.wiring import context_from_settings, http_pool_from_settings
 from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
 from fanflow.mesh.amqp import AmqpBroker, Disposition
 from fanflow.mesh.topology import HEADER_READY_AT
@@ -75,13 +73,15 @@ class Worker:
                 f"unknown queue class(es) {unknown}; known: {', '.join(self.topology.classes)}"
             )
         async with (
-            httpx.AsyncClient(timeout=self.settings.llm_timeout_s) as http_client,
+            http_pool_from_settings(
+                self.settings, concurrency=sum(self.prefetch.values())
+            ) as http_pool,
             AmqpBroker(
                 self.settings.amqp_url, topology=self.topology, connection_name="fanflow-worker"
             ) as broker,
         ):
-            # one pooled client for every LLM call of this process
-            self.context = replace(self.context, http_client=http_client)
+            # one pool for every LLM and http-request call of this process, closed at exit
+            self.context = replace(self.context, http_pool=http_pool)
             self._broker = broker
             await broker.declare()
             control = await broker.subscribe_control()

@@ -6,14 +6,20 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.text import Text
 
-from fanflow.errors import InputsInvalid, WorkflowInvalid
+# httpx's own command-line client (httpx._main) imports click, rich.syntax and pygments
+# (≈80 ms at every start) when they are installed; fanflow never uses it, and httpx
+# does without it when it cannot be imported
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+from fanflow.errors import InputsInvalid, WorkflowInvalid  # noqa: E402
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 app = typer.Typer(
     help="Run Dify workflows: in one process (run) or across RabbitMQ workers.",
@@ -21,7 +27,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-_err = Console(stderr=True, soft_wrap=True)
+#: rich's console on stderr, built on first use: importing rich costs ≈50 ms (tests set it)
+_err: Console | None = None
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 #: iterations at least this long get a progress bar on stderr
@@ -46,26 +53,56 @@ def _parse_inputs(pairs: list[str], inputs_file: Path | None) -> dict[str, Any]:
     return inputs
 
 
+def _stderr() -> Console:
+    global _err
+    if _err is None:
+        from rich.console import Console
+
+        _err = Console(stderr=True, soft_wrap=True)
+    return _err
+
+
+def _stderr_is_terminal() -> bool:
+    return _err.is_terminal if _err is not None else sys.stderr.isatty()
+
+
+def _print_error(message: str) -> None:
+    from rich.text import Text
+
+    _stderr().print(Text.assemble(("error:", "red"), " ", message), highlight=False)
+
+
 class _IterationProgress:
     """A rich progress bar per long iteration, on stderr, only when stderr is a terminal."""
 
     def __init__(self) -> None:
         self._progress: Progress | None = None
         self._bars: dict[str, Any] = {}
+        self._terminal: bool | None = None
 
     def __call__(self, emit: Any) -> None:
-        if not _err.is_terminal:
+        if self._terminal is None:
+            self._terminal = _stderr_is_terminal()
+        if not self._terminal:
             return
         data = emit.data
         key = f"{data.get('scope')}|{data.get('node_id')}"
         if emit.event == "iteration_started" and data.get("count", 0) >= PROGRESS_MIN_ITEMS:
             if self._progress is None:
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress,
+                    TextColumn,
+                    TimeElapsedColumn,
+                )
+
                 self._progress = Progress(
                     TextColumn("{task.description}"),
                     BarColumn(),
                     MofNCompleteColumn(),
                     TimeElapsedColumn(),
-                    console=_err,
+                    console=_stderr(),
                     transient=True,
                 )
                 self._progress.start()
@@ -106,7 +143,7 @@ def run(
 ) -> None:
     """Run a workflow in this process and print its outputs as JSON."""
     from fanflow.dsl.load import load_workflow
-    from fanflow.executors.wiring import context_from_settings
+    from fanflow.executors.wiring import context_from_settings, http_pool_from_settings
     from fanflow.runner import EmbeddedRunner
     from fanflow.runtime import RunRequest
 
@@ -124,18 +161,19 @@ def run(
             limits=limits,
             context=context_from_settings(settings),
             on_event=progress,
+            http_pool=lambda: http_pool_from_settings(settings),
         )
         try:
             result = runner.run(loaded, request)
         finally:
             progress.close()
     except (WorkflowInvalid, InputsInvalid) as exc:
-        _err.print(Text.assemble(("error:", "red"), " ", str(exc)), highlight=False)
+        _print_error(str(exc))
         raise typer.Exit(EXIT_INVALID) from None
     payload = result.as_dict() if as_json else result.outputs
     sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
     if result.status not in ("succeeded", "partial-succeeded"):
-        _err.print(f"run {result.status}: {result.error}", highlight=False, markup=False)
+        _stderr().print(f"run {result.status}: {result.error}", highlight=False, markup=False)
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -152,9 +190,9 @@ def validate(
             load_workflow(path)
         except WorkflowInvalid as exc:
             bad += 1
-            _err.print(f"{path}: invalid", highlight=False, markup=False)
+            _stderr().print(f"{path}: invalid", highlight=False, markup=False)
             for problem in exc.problems:
-                _err.print(f"  - {problem}", highlight=False, markup=False)
+                _stderr().print(f"  - {problem}", highlight=False, markup=False)
             continue
         typer.echo(f"{path}: ok")
     if bad:
@@ -272,7 +310,7 @@ def mock_llm(
             api_key=api_key,
         )
     except (OSError, ValueError) as exc:
-        _err.print(Text.assemble(("error:", "red"), " ", str(exc)), highlight=False)
+        _print_error(str(exc))
         raise typer.Exit(EXIT_INVALID) from None
     serve(options, host=host, port=port, port_file=port_file)
 

@@ -15,3 +15,5 @@ DELIVERY_LIMIT = 5
 MAX_RETRY_DELAY_S = 3600.0
 #: the longest delay a broker delay queue holds a message (24 h); longer belongs to a deadline
 MAX_DELAY_MS = 24 * 3600 * 1000
+#: the embedded default database: SQLite beside the working directory
+DATABASE_URL = "sqlite+aiosqlite:///fanflow.db"

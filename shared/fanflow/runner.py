@@ -9,10 +9,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fanflow.executors import ExecutionContext, execute_with_timeout
+from fanflow.http_pool import HttpPool
 from fanflow.messages import NodeTask
 from fanflow.runtime import RunRequest, prepare_run
 from fanflow.scheduler import (
@@ -83,10 +84,14 @@ class EmbeddedRunner:
         limits: Limits | None = None,
         context: ExecutionContext | None = None,
         on_event: EventCallback | None = None,
+        http_pool: Callable[[], HttpPool] = HttpPool,
     ) -> None:
+        """`http_pool` builds the pool of a run whose `context` has none (the run closes
+        it at its end); a context's own pool belongs to the caller."""
         self.limits = limits or Limits()
         self.context = context or ExecutionContext()
         self.on_event = on_event
+        self.http_pool = http_pool
 
     def run(self, workflow: Workflow, request: RunRequest) -> RunResult:
         return asyncio.run(self.async_run(workflow, request))
@@ -95,6 +100,18 @@ class EmbeddedRunner:
         self, workflow: Workflow, request: RunRequest, *, stop: asyncio.Event | None = None
     ) -> RunResult:
         """Run to the end. Raises `InputsInvalid` before anything runs when inputs are bad."""
+        if self.context.http_pool is not None:
+            return await self._run(workflow, request, self.context, stop)
+        async with self.http_pool() as pool:
+            return await self._run(workflow, request, replace(self.context, http_pool=pool), stop)
+
+    async def _run(
+        self,
+        workflow: Workflow,
+        request: RunRequest,
+        context: ExecutionContext,
+        stop: asyncio.Event | None,
+    ) -> RunResult:
         run_id = str(uuid.uuid4())
         created = time.time()
         setup = prepare_run(workflow, request, run_id=run_id, now_s=created)
@@ -109,9 +126,7 @@ class EmbeddedRunner:
         async def run_task(task: NodeTask, delay_ms: int) -> None:
             if delay_ms:
                 await asyncio.sleep(delay_ms / 1000)
-            result = await execute_with_timeout(
-                task, self.context, timeout_s=self.limits.task_timeout_s
-            )
+            result = await execute_with_timeout(task, context, timeout_s=self.limits.task_timeout_s)
             events.put_nowait(TaskFinished(result))
 
         def carry_out(commands: list[Command]) -> None:

@@ -12,7 +12,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fanflow import defaults
-from fanflow.store import DEFAULT_DATABASE_URL
+
+DEFAULT_DATABASE_URL = defaults.DATABASE_URL
 
 if TYPE_CHECKING:
     from fanflow.mesh.topology import Topology
@@ -83,6 +84,13 @@ class Settings(BaseSettings):
     #: limits of the upstreams the file leaves out (per worker process; unset: none)
     upstream_max_concurrency: int | None = None
     upstream_rps: float | None = None
+
+    # ---- pooled HTTP connections of LLM and http-request nodes (fanflow.http_pool) ----
+    #: connections kept per upstream host; unset: the worker's prefetch (its concurrency
+    #: per class), 256 for `fanflow run`
+    http_max_connections: int | None = None
+    #: how long an idle kept-alive connection stays open
+    http_keepalive_expiry_s: float = 30.0
 
     # ---- aggregator ----
     aggregator_batch_size: int = 50

@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client import REGISTRY
 
 from fanflow.executors import ExecutionContext, execute_task
 from fanflow.executors.llm import run_llm_node
+from fanflow.http_pool import HttpPool
 from fanflow.llm import Providers
 from fanflow.resilience.breaker import BreakerConfig
 from fanflow.resilience.upstreams import RetryPolicy, UpstreamFailure, Upstreams
@@ -229,8 +229,8 @@ async def test_calls_through_upstreams_match_the_mock_stats(mock_llm: MockFactor
         breaker=BreakerConfig(failure_rate=1.0, window_size=20, min_calls=20),
         retry=RetryPolicy(max_attempts=30, initial_backoff_s=0.001, jitter=False),
     )
-    async with httpx.AsyncClient() as client:
-        context = mock.context(upstreams=upstreams, http_client=client)
+    async with HttpPool() as pool:
+        context = mock.context(upstreams=upstreams, http_pool=pool)
         for _ in range(5):
             outcome = await run_llm_node(chat_task(model={"name": name}), context)
             assert outcome.outputs["text"].startswith("mock-")

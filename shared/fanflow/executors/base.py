@@ -17,6 +17,7 @@ from typing import Any
 
 from fanflow import defaults
 from fanflow.errors import NodeError
+from fanflow.http_pool import HttpPool
 from fanflow.messages import NodeTask, TaskResult
 from fanflow.registry import node_type as _node_type
 from fanflow.resilience.upstreams import UpstreamFailure
@@ -40,8 +41,9 @@ class ExecutionContext:
     code_max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
     #: breakers and rate limits per upstream (`fanflow.resilience.upstreams.Upstreams`); None: unguarded
     upstreams: Any = None
-    #: the pooled `httpx.AsyncClient` for LLM calls (the worker owns and closes it)
-    http_client: Any = None
+    #: the process's pooled HTTP clients (`fanflow.http_pool.HttpPool`), opened and closed
+    #: by whoever owns this context (the worker, the embedded runner); None: a client per call
+    http_pool: HttpPool | None = None
     #: LLM providers (`fanflow.llm.providers.Providers`); None: from the environment
     llm_providers: Any = None
     #: SSRF guard opt-outs for the http-request node (tests, private deployments)

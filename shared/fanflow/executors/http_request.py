@@ -27,9 +27,8 @@ This module sends; `http_build` builds the request, `http_response` reads the re
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import httpx
 
@@ -54,8 +53,12 @@ from fanflow.executors.http_response import (
     read_reply,
     reply_outputs,
 )
+from fanflow.http_pool import (
+    _SSL_CONTEXTS,  # noqa: F401  (tests patch it here)
+    HttpPool,
+)
 from fanflow.messages import NodeTask
-from fanflow.resilience.ssrf import AddressGuard, GuardedTransport, SsrfRefused
+from fanflow.resilience.ssrf import SsrfRefused
 from fanflow.resilience.upstreams import RetryPolicy, UpstreamFailure
 
 __all__ = [
@@ -79,14 +82,18 @@ IDEMPOTENT_RETRY = RetryPolicy(
 )
 NO_RETRY = RetryPolicy(max_attempts=1)
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_SSL_CONTEXTS: dict[bool, ssl.SSLContext] = {}
 
 
 async def run_http_request(task: NodeTask, context: ExecutionContext) -> ExecutionOutcome:
     label = node_label(task)
     request = build_request(task, label)
     fails_on_status = status_fails_node(task.data)
-    async with _client(request, context) as client:
+    async with _pool(context) as pool:
+        client = pool.request_client(
+            ssl_verify=request.ssl_verify,
+            allow_private_networks=context.allow_private_networks,
+            allow_list=context.http_allow_list,
+        )
 
         async def attempt() -> HttpReply:
             return await _send(client, request, label)
@@ -114,22 +121,14 @@ async def run_http_request(task: NodeTask, context: ExecutionContext) -> Executi
     return ExecutionOutcome(outputs=reply_outputs(reply, label))
 
 
-def _client(request: HttpRequest, context: ExecutionContext) -> httpx.AsyncClient:
-    ssl_context = _ssl_context(request.ssl_verify)
-    transport: httpx.AsyncBaseTransport
-    if context.allow_private_networks:
-        transport = httpx.AsyncHTTPTransport(verify=ssl_context, trust_env=False)
-    else:
-        guard = AddressGuard(allow_list=context.http_allow_list)
-        transport = GuardedTransport(guard, ssl_context=ssl_context)
-    return httpx.AsyncClient(transport=transport, trust_env=False, follow_redirects=False)
-
-
-def _ssl_context(verify: bool) -> ssl.SSLContext:
-    # building one loads the CA bundle: once per process, not per request
-    if verify not in _SSL_CONTEXTS:
-        _SSL_CONTEXTS[verify] = httpx.create_ssl_context(verify=verify)
-    return _SSL_CONTEXTS[verify]
+@asynccontextmanager
+async def _pool(context: ExecutionContext) -> AsyncIterator[HttpPool]:
+    """The process's pool; a pool for this call alone when the context has none (tests)."""
+    if context.http_pool is not None:
+        yield context.http_pool
+        return
+    async with HttpPool() as pool:
+        yield pool
 
 
 async def _send(client: httpx.AsyncClient, request: HttpRequest, label: str) -> HttpReply:

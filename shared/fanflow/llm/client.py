@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from fanflow.http_pool import ssl_context, without_cookies
 from fanflow.llm.providers import Endpoint
 from fanflow.resilience.upstreams import UpstreamFailure, parse_retry_after
 
@@ -90,7 +91,8 @@ async def chat(
 ) -> tuple[Completion, T | None]:
     """POST `body` (without `model`: the endpoint's is used) to `{base_url}/chat/completions`.
 
-    `check` runs on each reply inside the attempt, so a `format` failure it raises counts
+    `http_client` is the upstream's pooled client (`HttpPool.llm_client`); without one, a
+    client is built for this call. `check` runs on each reply inside the attempt, so a `format` failure it raises counts
     as that attempt's failure; its result is returned beside the completion. `label` (the
     node) leads every error message; `node_id` goes out as the `X-Fanflow-Node-Id` header.
     """
@@ -112,7 +114,8 @@ async def chat(
 
     if http_client is not None:
         return await guarded(http_client)
-    async with httpx.AsyncClient(timeout=timeout_s) as client:
+    # no pool (a test, a one-off call): a client for this call, the SSL context shared
+    async with without_cookies(httpx.AsyncClient(verify=ssl_context())) as client:
         return await guarded(client)
 
 

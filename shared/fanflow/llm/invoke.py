@@ -80,7 +80,9 @@ async def invoke(
         body,
         label=label,
         timeout_s=timeout_s,
-        http_client=context.http_client,
+        http_client=(
+            context.http_pool.llm_client(endpoint.base_url) if context.http_pool else None
+        ),
         upstreams=context.upstreams,
         check=check,
         node_id=task.node_id,

@@ -27,12 +27,14 @@ import asyncio
 import ipaddress
 import socket
 import ssl
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from fanflow.http_pool import ShardedTransport, released
 from fanflow.metrics import SSRF_REFUSALS
 from fanflow.resilience.upstreams import UpstreamFailure
 
@@ -45,6 +47,8 @@ _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+#: host names whose connection pools one `GuardedTransport` keeps
+MAX_HOST_POOLS = 256
 _OPT_IN = (
     "set FANFLOW_HTTP_ALLOW_PRIVATE_NETWORKS=true or list it in FANFLOW_HTTP_ALLOW_LIST to allow"
 )
@@ -198,48 +202,86 @@ class GuardedTransport(httpx.AsyncBaseTransport):
 
     Each request's URL host is replaced by a checked address; the Host header and, for
     HTTPS, the TLS server name (SNI and certificate check) stay the host name. One
-    connection pool per host name, so a TLS connection is never shared across names.
+    connection pool per host name, so a TLS connection is never shared across names; a
+    pool's connections are keyed by address, so a request reuses a kept-alive connection
+    only to an address checked for that very request. Shared by concurrent requests; at
+    most `max_hosts` pools, the least recently used idle ones closed beyond that.
     """
 
-    def __init__(self, guard: AddressGuard, *, ssl_context: ssl.SSLContext, **pool: Any) -> None:
+    def __init__(
+        self,
+        guard: AddressGuard,
+        *,
+        ssl_context: ssl.SSLContext,
+        max_hosts: int = MAX_HOST_POOLS,
+        **pool: Any,
+    ) -> None:
         self._guard = guard
         self._ssl_context = ssl_context
         self._pool_options = pool
-        self._transports: dict[str, httpx.AsyncHTTPTransport] = {}
+        self._max_hosts = max_hosts
+        self._transports: OrderedDict[str, httpx.AsyncBaseTransport] = OrderedDict()
+        #: requests per host whose response is not closed yet (a pool in use is not closed)
+        self._in_use: dict[str, int] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.raw_host.decode("ascii")
         port = request.url.port or (443 if request.url.scheme == "https" else 80)
         addresses = await self._guard.addresses(host, port)
-        transport = self._transports.get(host)
-        if transport is None:
-            transport = httpx.AsyncHTTPTransport(
-                verify=self._ssl_context, trust_env=False, **self._pool_options
-            )
-            self._transports[host] = transport
         extensions = dict(request.extensions)
         if _ip_or_none(host) is None:
             extensions["sni_hostname"] = host
         failure: httpx.ConnectError | None = None
-        for address in addresses:  # all checked: try the next when one does not answer
-            pinned = httpx.Request(
-                request.method,
-                request.url.copy_with(host=address),
-                headers=request.headers,
-                stream=request.stream,
-                extensions=extensions,
-            )
-            try:
-                return await transport.handle_async_request(pinned)
-            except httpx.ConnectError as exc:
-                failure = exc
+        self._in_use[host] = self._in_use.get(host, 0) + 1
+        try:
+            transport = await self._transport(host)
+            for address in addresses:  # all checked: try the next when one does not answer
+                pinned = httpx.Request(
+                    request.method,
+                    request.url.copy_with(host=address),
+                    headers=request.headers,
+                    stream=request.stream,
+                    extensions=extensions,
+                )
+                try:
+                    response = await transport.handle_async_request(pinned)
+                except httpx.ConnectError as exc:
+                    failure = exc
+                    continue
+                return released(response, lambda: self._release(host))
+        except BaseException:
+            self._release(host)
+            raise
+        self._release(host)
         assert failure is not None
         raise failure
 
+    async def _transport(self, host: str) -> httpx.AsyncBaseTransport:
+        transport = self._transports.get(host)
+        if transport is not None:
+            self._transports.move_to_end(host)
+            return transport
+        transport = ShardedTransport(
+            verify=self._ssl_context, trust_env=False, **self._pool_options
+        )
+        self._transports[host] = transport
+        idle = [h for h in self._transports if h not in self._in_use]
+        for name in idle[: max(0, len(self._transports) - self._max_hosts)]:
+            await self._transports.pop(name).aclose()  # the least recently used first
+        return transport
+
+    def _release(self, host: str) -> None:
+        left = self._in_use.get(host, 0) - 1
+        if left > 0:
+            self._in_use[host] = left
+            return
+        self._in_use.pop(host, None)
+
     async def aclose(self) -> None:
-        for transport in self._transports.values():
-            await transport.aclose()
+        transports = list(self._transports.values())
         self._transports.clear()
+        for transport in transports:
+            await transport.aclose()
 
 
 def _host_name(host: str) -> str:

@@ -4,6 +4,7 @@ The only package that talks SQL. Works on PostgreSQL (`postgresql+asyncpg://...`
 SQLite (`sqlite+aiosqlite:///path.db`) through the same SQLAlchemy Core code.
 """
 
+from fanflow.defaults import DATABASE_URL as DEFAULT_DATABASE_URL
 from fanflow.store.migrate import migrate
 from fanflow.store.records import (
     AppNotFound,
@@ -16,7 +17,7 @@ from fanflow.store.records import (
     StoredItem,
     StoreError,
 )
-from fanflow.store.store import DEFAULT_DATABASE_URL, Store, hash_api_key
+from fanflow.store.store import Store, hash_api_key
 from fanflow.store.transaction import RunTransaction, node_execution_id
 
 __all__ = [

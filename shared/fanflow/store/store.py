@@ -33,7 +33,6 @@ from fanflow.store.records import (
 from fanflow.store.schema import api_keys, apps, node_executions, outbox, runs
 from fanflow.store.transaction import RunTransaction, add_outbox
 
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///fanflow.db"
 API_KEY_PREFIX = "app-"
 _KEY_ALPHABET = string.ascii_letters + string.digits
 _KEY_LENGTH = 24
