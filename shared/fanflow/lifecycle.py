@@ -14,6 +14,8 @@ def configure_logging(name: str) -> None:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs every request at INFO: a line per task on a busy worker
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def serve_metrics(port: int | None) -> None:

@@ -129,6 +129,14 @@ class Workflow:
         return {k: tuple(v) for k, v in result.items()}
 
     @cached_property
+    def reads(self) -> Mapping[str, tuple[tuple[str, ...], ...]]:
+        """Node id -> the selectors the node reads (`fanflow.dsl.inputs.node_selectors`),
+        computed once per loaded workflow: the scheduler ships them with every task."""
+        from fanflow.dsl.inputs import node_selectors
+
+        return {node_id: tuple(node_selectors(node)) for node_id, node in self.nodes.items()}
+
+    @cached_property
     def order(self) -> Mapping[str, int]:
         """Position of each node in the file; the scheduler's deterministic tie-breaker."""
         return {node_id: i for i, node_id in enumerate(self.nodes)}

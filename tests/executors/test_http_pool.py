@@ -17,13 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fanflow.resilience import ssrf
 from fanflow.dsl.load import load_workflow
 from fanflow.executors import ExecutionContext, execute_task
 from fanflow.executors.llm import run_llm_node
 from fanflow.http_pool import HttpPool, ShardedTransport
 from fanflow.llm import Providers
 from fanflow.messages import NodeTask
+from fanflow.resilience import ssrf
 from fanflow.resilience.upstreams import Upstreams
 from fanflow.runner import EmbeddedRunner
 from fanflow.runtime import RunRequest

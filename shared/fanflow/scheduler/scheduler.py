@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fanflow import defaults
-from fanflow.dsl.inputs import node_selectors
 from fanflow.errors import NodeError
 from fanflow.messages import NodeTask, TaskResult, task_id_for
 from fanflow.registry import RETRYABLE_NODE_TYPES
@@ -247,9 +246,10 @@ class _Step:
     def dispatch(self, scope: Scope, node: Node, *, attempt: int, delay_ms: int = 0) -> None:
         lookup = self.lookup(scope.key)
         variables: dict[str, Any] = {}
-        selectors = node_selectors(node)
+        selectors = self.workflow.reads[node.id]
         if node.type == "llm" and node.data.get("memory"):
-            selectors.append(("sys", "query"))  # memory's first turn: the user's query
+            # memory's first turn: the user's query
+            selectors = (*selectors, ("sys", "query"))
         for selector in selectors:
             try:
                 variables[selector_key(selector)] = lookup(selector)
