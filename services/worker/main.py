@@ -8,19 +8,22 @@ tasks, finishes the ones in flight, and exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import httpx
 
 from fanflow.amqp import AmqpBroker, Disposition
 from fanflow.executors import ExecutionContext, execute_with_timeout
-from fanflow.executors.wiring import context_from_settings
+from fanflow.executors.wiring import context_from_settings, sandbox_from_settings
 from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
 from fanflow.messages import NodeTask, TaskResult
 from fanflow.metrics import NODE_DURATION, NODE_EXECUTIONS, QUEUE_WAIT, TASKS_IN_FLIGHT
+from fanflow.sandbox_pool import SandboxPool
 from fanflow.settings import Settings
 from fanflow.topology import HEADER_READY_AT, Topology
 
@@ -50,12 +53,14 @@ class Worker:
             )
         async with (
             httpx.AsyncClient(timeout=self.settings.llm_timeout_s) as http_client,
+            # the warm code sandbox: as many zygotes as code tasks run at once
+            _closing(sandbox_from_settings(self.settings, size=self.prefetch)) as sandbox,
             AmqpBroker(
                 self.settings.amqp_url, topology=self.topology, connection_name="fanflow-worker"
             ) as broker,
         ):
             # one pooled client for every LLM call of this process
-            self.context = replace(self.context, http_client=http_client)
+            self.context = replace(self.context, http_client=http_client, code_sandbox=sandbox)
             self._broker = broker
             await broker.declare()
             control = await broker.subscribe_control()
@@ -116,6 +121,14 @@ class Worker:
         return await execute_with_timeout(
             task, self.context, timeout_s=self.settings.task_timeout_s
         )
+
+
+@contextlib.asynccontextmanager
+async def _closing(sandbox: SandboxPool) -> AsyncIterator[SandboxPool]:
+    try:
+        yield sandbox
+    finally:
+        sandbox.close()
 
 
 def _observe_queue_wait(cls: str, headers: dict) -> None:

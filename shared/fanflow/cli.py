@@ -100,8 +100,10 @@ def run(
     max_run_seconds: Annotated[float, typer.Option(help="Stop the run after this long.")] = 1200.0,
 ) -> None:
     """Run a workflow in this process and print its outputs as JSON."""
+    from dataclasses import replace
+
     from fanflow.dsl import load_workflow
-    from fanflow.executors.wiring import context_from_settings
+    from fanflow.executors.wiring import context_from_settings, sandbox_from_settings
     from fanflow.runner import EmbeddedRunner
     from fanflow.runtime import RunRequest
     from fanflow.scheduler import Limits
@@ -110,14 +112,17 @@ def run(
         loaded = load_workflow(workflow)
         request = RunRequest(inputs=_parse_inputs(inputs or [], inputs_file), query=query)
         progress = _IterationProgress()
+        settings = _settings()
+        sandbox = sandbox_from_settings(settings)  # owned here, closed below
         runner = EmbeddedRunner(
             limits=Limits(max_steps=max_steps, max_run_seconds=max_run_seconds),
-            context=context_from_settings(_settings()),
+            context=replace(context_from_settings(settings), code_sandbox=sandbox),
             on_event=progress,
         )
         try:
             result = runner.run(loaded, request)
         finally:
+            sandbox.close()
             progress.close()
     except (WorkflowInvalid, InputsInvalid) as exc:
         _err.print(Text.assemble(("error:", "red"), " ", str(exc)), highlight=False)

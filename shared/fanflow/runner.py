@@ -87,14 +87,32 @@ class EmbeddedRunner:
         self.limits = limits or Limits()
         self.context = context or ExecutionContext()
         self.on_event = on_event
+        self._own_sandbox: Any = None
 
     def run(self, workflow: Workflow, request: RunRequest) -> RunResult:
         return asyncio.run(self.async_run(workflow, request))
+
+    async def _with_sandbox(self) -> ExecutionContext:
+        """The context, with a code sandbox of this runner's own when it was given none."""
+        if self.context.code_sandbox is None:
+            from dataclasses import replace
+
+            from fanflow.sandbox_pool import SandboxPool
+
+            self._own_sandbox = SandboxPool(memory_mb=self.context.code_memory_mb)
+            self.context = replace(self.context, code_sandbox=self._own_sandbox)
+        return self.context
+
+    def close(self) -> None:
+        """Close the code sandbox this runner started (none when the caller gave one)."""
+        if self._own_sandbox is not None:
+            self._own_sandbox.close()
 
     async def async_run(
         self, workflow: Workflow, request: RunRequest, *, stop: asyncio.Event | None = None
     ) -> RunResult:
         """Run to the end. Raises `InputsInvalid` before anything runs when inputs are bad."""
+        context = await self._with_sandbox()
         run_id = str(uuid.uuid4())
         created = time.time()
         setup = prepare_run(workflow, request, run_id=run_id, now_s=created)
@@ -109,9 +127,7 @@ class EmbeddedRunner:
         async def run_task(task: NodeTask, delay_ms: int) -> None:
             if delay_ms:
                 await asyncio.sleep(delay_ms / 1000)
-            result = await execute_with_timeout(
-                task, self.context, timeout_s=self.limits.task_timeout_s
-            )
+            result = await execute_with_timeout(task, context, timeout_s=self.limits.task_timeout_s)
             events.put_nowait(TaskFinished(result))
 
         def carry_out(commands: list[Command]) -> None:

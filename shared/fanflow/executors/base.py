@@ -17,6 +17,7 @@ from typing import Any
 
 from fanflow.errors import NodeError
 from fanflow.messages import NodeTask, TaskResult
+from fanflow.nodes.outputs import DEFAULT_LIMITS, CodeLimits
 from fanflow.sandbox import DEFAULT_MAX_OUTPUT_BYTES
 from fanflow.upstreams import UpstreamFailure
 from fanflow.workflow import TASK_NODE_TYPES
@@ -37,6 +38,11 @@ class ExecutionContext:
     #: CPU seconds per code run; None leaves only the wall-clock limit
     code_cpu_s: int | None = None
     code_max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    #: the checks on a code node's outputs (Dify's CODE_MAX_* limits)
+    code_limits: CodeLimits = DEFAULT_LIMITS
+    #: the warm code sandbox (`fanflow.sandbox_pool.SandboxPool`) of this process; its
+    #: owner (the worker, the embedded runner) closes it. None: code nodes cannot run
+    code_sandbox: Any = None
     #: breakers and rate limits per upstream (`fanflow.upstreams.Upstreams`); None: unguarded
     upstreams: Any = None
     #: the pooled `httpx.AsyncClient` for LLM calls (the worker owns and closes it)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fanflow.executors.base import ExecutionContext
 from fanflow.llm.providers import Providers
+from fanflow.nodes.outputs import CodeLimits
+from fanflow.sandbox_pool import SandboxPool
 from fanflow.settings import Settings
 from fanflow.upstreams import Upstreams
 
@@ -15,9 +18,36 @@ def context_from_settings(settings: Settings, *, http_client: Any = None) -> Exe
     return ExecutionContext(
         code_timeout_s=settings.code_timeout_s,
         code_memory_mb=settings.code_memory_mb,
+        code_cpu_s=settings.code_cpu_s,
+        code_limits=code_limits_from_settings(settings),
         upstreams=Upstreams.from_settings(settings),
         http_client=http_client,
         llm_providers=Providers.from_settings(settings),
         allow_private_networks=settings.http_allow_private_networks,
         http_allow_list=tuple(settings.http_allow_list),
+    )
+
+
+def code_limits_from_settings(settings: Settings) -> CodeLimits:
+    """The code node's output limits (`FANFLOW_CODE_MAX_*`, or Dify's `CODE_MAX_*`)."""
+    return CodeLimits(
+        max_string_length=settings.code_max_string_length,
+        max_number=settings.code_max_number,
+        min_number=settings.code_min_number,
+        max_precision=settings.code_max_precision,
+        max_depth=settings.code_max_depth,
+        max_number_array_length=settings.code_max_number_array_length,
+        max_string_array_length=settings.code_max_string_array_length,
+        max_object_array_length=settings.code_max_object_array_length,
+    )
+
+
+def sandbox_from_settings(settings: Settings, *, size: int | None = None) -> SandboxPool:
+    """The process's warm code sandbox; the caller owns it and closes it."""
+    return SandboxPool(
+        size=settings.code_pool_size or size or os.cpu_count() or 2,
+        mode=settings.sandbox,
+        memory_mb=settings.code_memory_mb,
+        max_processes=settings.code_max_processes,
+        tmp_mb=settings.code_tmp_mb,
     )
