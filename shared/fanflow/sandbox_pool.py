@@ -89,7 +89,7 @@ class SandboxPool:
         self._bind_loop()
         assert self._slots is not None
         async with self._slots:
-            zygote = self._idle.pop() if self._idle else await self._start()
+            zygote = await self._take()
             try:
                 return await zygote.call(request, timeout_s, max_output_bytes)
             finally:
@@ -98,9 +98,19 @@ class SandboxPool:
                 else:
                     self._discard(zygote)
 
+    async def _take(self) -> _Zygote:
+        """An idle zygote that is still running (a dead one is replaced), or a new one."""
+        while self._idle:
+            zygote = self._idle.pop()
+            if zygote.running():
+                return zygote
+            log.warning("a code sandbox zygote died while idle; starting a new one")
+            self._discard(zygote)
+        return await self._start()
+
     def zygote_pids(self) -> list[int]:
         """Host pids of the running zygotes' launchers (bwrap, or the zygote itself)."""
-        return [zygote.process.pid for zygote in self._all if zygote.alive]
+        return [zygote.process.pid for zygote in self._all if zygote.running()]
 
     def close(self) -> None:
         """End every zygote; every process inside dies with its namespace."""
@@ -201,6 +211,9 @@ class _Zygote:
         if ready != b"ready":
             self.kill()
             raise self._unavailable(self._stderr_text() or "the zygote did not start")
+
+    def running(self) -> bool:
+        return self.alive and self.process.poll() is None
 
     def _unavailable(self, why: str) -> NodeError:
         if self.pool.mode == "namespaces":

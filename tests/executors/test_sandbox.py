@@ -33,14 +33,14 @@ async def fails(code: str, inputs: dict | None = None, **limits: object) -> Node
     return caught.value
 
 
-def sandboxed_pids() -> list[int]:
+def sandboxed_pids(pool: SandboxPool | None = None) -> list[int]:
     """Host pids of every process inside the pool's sandboxes but their zygotes.
 
     The sandbox has its own PID namespace: the host sees its processes, with other pids.
     """
     namespaces = set()
     zygotes = set()
-    for launcher in POOL.zygote_pids():
+    for launcher in (pool or POOL).zygote_pids():
         for child in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
             zygotes.add(int(child))
             namespaces.add(os.readlink(f"/proc/{child}/ns/pid"))
@@ -55,9 +55,9 @@ def sandboxed_pids() -> list[int]:
     return found
 
 
-def wait_no_sandboxed(within_s: float = 3.0) -> list[int]:
+def wait_no_sandboxed(pool: SandboxPool | None = None, within_s: float = 3.0) -> list[int]:
     deadline = time.monotonic() + within_s
-    while (left := sandboxed_pids()) and time.monotonic() < deadline:
+    while (left := sandboxed_pids(pool)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
 
