@@ -9,7 +9,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fanflow.executors import ExecutionContext, execute_with_timeout
@@ -87,32 +87,37 @@ class EmbeddedRunner:
         self.limits = limits or Limits()
         self.context = context or ExecutionContext()
         self.on_event = on_event
-        self._own_sandbox: Any = None
 
     def run(self, workflow: Workflow, request: RunRequest) -> RunResult:
         return asyncio.run(self.async_run(workflow, request))
-
-    async def _with_sandbox(self) -> ExecutionContext:
-        """The context, with a code sandbox of this runner's own when it was given none."""
-        if self.context.code_sandbox is None:
-            from dataclasses import replace
-
-            from fanflow.sandbox_pool import SandboxPool
-
-            self._own_sandbox = SandboxPool(memory_mb=self.context.code_memory_mb)
-            self.context = replace(self.context, code_sandbox=self._own_sandbox)
-        return self.context
-
-    def close(self) -> None:
-        """Close the code sandbox this runner started (none when the caller gave one)."""
-        if self._own_sandbox is not None:
-            self._own_sandbox.close()
 
     async def async_run(
         self, workflow: Workflow, request: RunRequest, *, stop: asyncio.Event | None = None
     ) -> RunResult:
         """Run to the end. Raises `InputsInvalid` before anything runs when inputs are bad."""
-        context = await self._with_sandbox()
+        context, own_sandbox = self._context_with_sandbox()
+        try:
+            return await self._run(workflow, request, context, stop)
+        finally:
+            if own_sandbox is not None:
+                own_sandbox.close()
+
+    def _context_with_sandbox(self) -> tuple[ExecutionContext, Any]:
+        """The context; with a code sandbox of this run's own when the caller gave none."""
+        if self.context.code_sandbox is not None:
+            return self.context, None
+        from fanflow.sandbox_pool import SandboxPool
+
+        sandbox = SandboxPool(memory_mb=self.context.code_memory_mb)
+        return replace(self.context, code_sandbox=sandbox), sandbox
+
+    async def _run(
+        self,
+        workflow: Workflow,
+        request: RunRequest,
+        context: ExecutionContext,
+        stop: asyncio.Event | None,
+    ) -> RunResult:
         run_id = str(uuid.uuid4())
         created = time.time()
         setup = prepare_run(workflow, request, run_id=run_id, now_s=created)
