@@ -8,19 +8,26 @@ tasks, finishes the ones in flight, and exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from fanflow.executors import ExecutionContext, execute_with_timeout
-from fanflow.executors.wiring import context_from_settings, http_pool_from_settings
+from fanflow.executors.wiring import (
+    context_from_settings,
+    http_pool_from_settings,
+    sandbox_from_settings,
+)
 from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
 from fanflow.mesh.amqp import AmqpBroker, Disposition
 from fanflow.mesh.topology import HEADER_READY_AT
 from fanflow.messages import NodeTask, TaskResult
 from fanflow.metrics import NODE_DURATION, NODE_EXECUTIONS, QUEUE_WAIT, TASKS_IN_FLIGHT
+from fanflow.sandbox.pool import SandboxPool
 from fanflow.settings import Settings
 
 log = logging.getLogger("fanflow.worker")
@@ -76,12 +83,16 @@ class Worker:
             http_pool_from_settings(
                 self.settings, concurrency=sum(self.prefetch.values())
             ) as http_pool,
+            # the warm code sandbox: as many zygotes as code tasks run at once
+            _closing(
+                sandbox_from_settings(self.settings, size=self.prefetch.get("code"))
+            ) as sandbox,
             AmqpBroker(
                 self.settings.amqp_url, topology=self.topology, connection_name="fanflow-worker"
             ) as broker,
         ):
-            # one pool for every LLM and http-request call of this process, closed at exit
-            self.context = replace(self.context, http_pool=http_pool)
+            # one pool for every LLM and http-request call of this process, one code sandbox
+            self.context = replace(self.context, http_pool=http_pool, code_sandbox=sandbox)
             self._broker = broker
             await broker.declare()
             control = await broker.subscribe_control()
@@ -146,6 +157,14 @@ class Worker:
         return await execute_with_timeout(
             task, self.context, timeout_s=self.settings.task_timeout_s
         )
+
+
+@contextlib.asynccontextmanager
+async def _closing(sandbox: SandboxPool) -> AsyncIterator[SandboxPool]:
+    try:
+        yield sandbox
+    finally:
+        sandbox.close()
 
 
 def _observe_queue_wait(cls: str, headers: dict) -> None:

@@ -143,7 +143,11 @@ def run(
 ) -> None:
     """Run a workflow in this process and print its outputs as JSON."""
     from fanflow.dsl.load import load_workflow
-    from fanflow.executors.wiring import context_from_settings, http_pool_from_settings
+    from fanflow.executors.wiring import (
+        context_from_settings,
+        http_pool_from_settings,
+        sandbox_from_settings,
+    )
     from fanflow.runner import EmbeddedRunner
     from fanflow.runtime import RunRequest
 
@@ -157,15 +161,17 @@ def run(
         loaded = load_workflow(workflow)
         request = RunRequest(inputs=_parse_inputs(inputs or [], inputs_file), query=query)
         progress = _IterationProgress()
+        sandbox = sandbox_from_settings(settings)  # owned here, closed below
         runner = EmbeddedRunner(
             limits=limits,
-            context=context_from_settings(settings),
+            context=replace(context_from_settings(settings), code_sandbox=sandbox),
             on_event=progress,
             http_pool=lambda: http_pool_from_settings(settings),
         )
         try:
             result = runner.run(loaded, request)
         finally:
+            sandbox.close()
             progress.close()
     except (WorkflowInvalid, InputsInvalid) as exc:
         _print_error(str(exc))

@@ -100,10 +100,24 @@ class EmbeddedRunner:
         self, workflow: Workflow, request: RunRequest, *, stop: asyncio.Event | None = None
     ) -> RunResult:
         """Run to the end. Raises `InputsInvalid` before anything runs when inputs are bad."""
-        if self.context.http_pool is not None:
-            return await self._run(workflow, request, self.context, stop)
-        async with self.http_pool() as pool:
-            return await self._run(workflow, request, replace(self.context, http_pool=pool), stop)
+        context, own_sandbox = self._context_with_sandbox()
+        try:
+            if context.http_pool is not None:
+                return await self._run(workflow, request, context, stop)
+            async with self.http_pool() as pool:
+                return await self._run(workflow, request, replace(context, http_pool=pool), stop)
+        finally:
+            if own_sandbox is not None:
+                own_sandbox.close()
+
+    def _context_with_sandbox(self) -> tuple[ExecutionContext, Any]:
+        """The context; with a code sandbox of this run's own when the caller gave none."""
+        if self.context.code_sandbox is not None:
+            return self.context, None
+        from fanflow.sandbox.pool import SandboxPool
+
+        sandbox = SandboxPool(memory_mb=self.context.code_memory_mb)
+        return replace(self.context, code_sandbox=sandbox), sandbox
 
     async def _run(
         self,

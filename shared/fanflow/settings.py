@@ -6,9 +6,9 @@ One object per process, built at the entry point and passed down.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fanflow import defaults
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FANFLOW_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FANFLOW_", extra="ignore", populate_by_name=True)
 
     database_url: str = DEFAULT_DATABASE_URL
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
@@ -53,6 +53,56 @@ class Settings(BaseSettings):
     worker_prefetch_http: int | None = Field(default=None, ge=1)
     worker_prefetch_code: int | None = Field(default=None, ge=1)
     worker_prefetch_tool: int | None = Field(default=None, ge=1)
+
+    # ---- code sandbox (fanflow.sandbox.process, fanflow.sandbox.pool) ----
+    #: `namespaces`: user code runs isolated (bubblewrap); without namespaces code tasks
+    #: fail. `unsafe-process`: no isolation at all, only resource limits (logged loudly)
+    sandbox: Literal["namespaces", "unsafe-process"] = "namespaces"
+    #: warm zygotes per process; unset: the worker's prefetch, or the CPU count embedded
+    code_pool_size: int | None = None
+    #: CPU seconds per code run (unset: only the wall-clock limit)
+    code_cpu_s: int | None = None
+    #: processes per sandbox (RLIMIT_NPROC and a pids cgroup) and its /tmp size
+    code_max_processes: int = 64
+    code_tmp_mb: int = 64
+    # a code node's output limits; Dify's CODE_MAX_* names are accepted too
+    code_max_string_length: int = Field(
+        default=400_000,
+        validation_alias=AliasChoices("FANFLOW_CODE_MAX_STRING_LENGTH", "CODE_MAX_STRING_LENGTH"),
+    )
+    code_max_number: int = Field(
+        default=9_223_372_036_854_775_807,
+        validation_alias=AliasChoices("FANFLOW_CODE_MAX_NUMBER", "CODE_MAX_NUMBER"),
+    )
+    code_min_number: int = Field(
+        default=-9_223_372_036_854_775_807,
+        validation_alias=AliasChoices("FANFLOW_CODE_MIN_NUMBER", "CODE_MIN_NUMBER"),
+    )
+    code_max_precision: int = Field(
+        default=20,
+        validation_alias=AliasChoices("FANFLOW_CODE_MAX_PRECISION", "CODE_MAX_PRECISION"),
+    )
+    code_max_depth: int = Field(
+        default=5, validation_alias=AliasChoices("FANFLOW_CODE_MAX_DEPTH", "CODE_MAX_DEPTH")
+    )
+    code_max_string_array_length: int = Field(
+        default=30,
+        validation_alias=AliasChoices(
+            "FANFLOW_CODE_MAX_STRING_ARRAY_LENGTH", "CODE_MAX_STRING_ARRAY_LENGTH"
+        ),
+    )
+    code_max_object_array_length: int = Field(
+        default=30,
+        validation_alias=AliasChoices(
+            "FANFLOW_CODE_MAX_OBJECT_ARRAY_LENGTH", "CODE_MAX_OBJECT_ARRAY_LENGTH"
+        ),
+    )
+    code_max_number_array_length: int = Field(
+        default=1_000,
+        validation_alias=AliasChoices(
+            "FANFLOW_CODE_MAX_NUMBER_ARRAY_LENGTH", "CODE_MAX_NUMBER_ARRAY_LENGTH"
+        ),
+    )
 
     # ---- LLM providers (fanflow.llm.providers) ----
     #: the OpenAI-compatible base URL (…/v1) of every provider the providers file leaves out

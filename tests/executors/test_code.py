@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -10,8 +11,12 @@ from fanflow.errors import NodeError
 from fanflow.executors import ExecutionContext, ExecutionOutcome, base, execute_task, executor_for
 from fanflow.messages import NodeTask, TaskResult
 from fanflow.registry import TASK_NODE_TYPES
+from fanflow.sandbox.pool import SandboxPool
 
-CONTEXT = ExecutionContext()
+
+@pytest.fixture
+def context(sandbox: SandboxPool) -> ExecutionContext:
+    return ExecutionContext(code_sandbox=sandbox)
 
 
 def code_task(
@@ -41,7 +46,7 @@ def code_task(
     )
 
 
-async def test_code_node_succeeds_with_checked_outputs() -> None:
+async def test_code_node_succeeds_with_checked_outputs(context: ExecutionContext) -> None:
     task = code_task(
         "def main(a, b, name, missing):\n"
         "    print('debugging output')\n"
@@ -59,7 +64,7 @@ async def test_code_node_succeeds_with_checked_outputs() -> None:
         },
         values={"start.a": 40, "llm.usage": {"tokens": 2}, "sys.user_id": "ada"},
     )
-    result = await execute_task(task, CONTEXT)
+    result = await execute_task(task, context)
     assert isinstance(result, TaskResult)
     assert result.status == "succeeded", result.error
     assert result.outputs == {"total": 42, "greeting": "hi ada", "missing": None}
@@ -67,9 +72,9 @@ async def test_code_node_succeeds_with_checked_outputs() -> None:
     assert result.elapsed_s > 0
 
 
-async def test_an_exception_fails_the_node_with_the_users_line() -> None:
+async def test_an_exception_fails_the_node_with_the_users_line(context: ExecutionContext) -> None:
     task = code_task("def main():\n    items = []\n    return {'result': items[3]}\n")
-    result = await execute_task(task, CONTEXT)
+    result = await execute_task(task, context)
     assert result.status == "failed"
     assert result.error_type == "CodeExecutionError"
     assert result.retryable is True  # the node's retry_config decides
@@ -86,35 +91,37 @@ async def test_an_exception_fails_the_node_with_the_users_line() -> None:
         ("{'result': 1, 'extra': 2}", "CodeNodeError", "'extra'"),
     ],
 )
-async def test_declared_outputs_are_enforced(returned: str, error_type: str, fragment: str) -> None:
-    result = await execute_task(code_task(f"def main():\n    return {returned}\n"), CONTEXT)
+async def test_declared_outputs_are_enforced(
+    returned: str, error_type: str, fragment: str, context: ExecutionContext
+) -> None:
+    result = await execute_task(code_task(f"def main():\n    return {returned}\n"), context)
     assert result.status == "failed"
     assert result.error_type == error_type
     assert result.error is not None and fragment in result.error
     assert result.error.startswith("code1 (Compute): ")
 
 
-async def test_the_tasks_timeout_wins_over_the_context_default() -> None:
+async def test_the_tasks_timeout_wins_over_the_context_default(context: ExecutionContext) -> None:
     task = code_task("def main():\n    while True:\n        pass\n", timeout_s=0.5)
-    result = await execute_task(task, ExecutionContext(code_timeout_s=60))
+    result = await execute_task(task, replace(context, code_timeout_s=60))
     assert result.status == "failed"
     assert result.error_type == "TimeoutError"
     assert result.error == "code1 (Compute): code timed out after 0.5 s"
     assert result.elapsed_s < 3
 
 
-async def test_the_memory_limit_comes_from_the_context() -> None:
+async def test_the_memory_limit_comes_from_the_context(context: ExecutionContext) -> None:
     task = code_task("def main():\n    x = 'a' * (300 * 1024 * 1024)\n    return {'result': 1}\n")
-    result = await execute_task(task, ExecutionContext(code_memory_mb=128))
+    result = await execute_task(task, replace(context, code_memory_mb=128))
     assert result.error_type == "MemoryError"
     assert result.error == (
         "code1 (Compute): code exceeded the memory limit of 128 MB (line 2, in main)"
     )
 
 
-async def test_javascript_is_refused() -> None:
+async def test_javascript_is_refused(context: ExecutionContext) -> None:
     task = code_task("function main() { return {result: 1} }", language="javascript")
-    result = await execute_task(task, CONTEXT)
+    result = await execute_task(task, context)
     assert result.status == "failed"
     assert result.error == (
         "code1 (Compute): code_language 'javascript' is not supported; use python3"
@@ -131,7 +138,7 @@ async def test_task_types_fanflow_does_not_declare_fail_without_retry(node_type:
     task = NodeTask(
         task_id="t", run_id="r", node_id="n1", node_type=node_type, node_title="Ask", data={}
     )
-    result = await execute_task(task, CONTEXT)
+    result = await execute_task(task, context)
     assert result.status == "failed"
     assert result.error == (
         f"n1 (Ask): node type '{node_type}' is not supported by fanflow's executors"
@@ -140,14 +147,16 @@ async def test_task_types_fanflow_does_not_declare_fail_without_retry(node_type:
     assert result.retryable is False
 
 
-async def test_a_node_type_that_is_no_task_fails_without_retry() -> None:
+async def test_a_node_type_that_is_no_task_fails_without_retry(context: ExecutionContext) -> None:
     task = NodeTask(task_id="t", run_id="r", node_id="n1", node_type="if-else", data={})
-    result = await execute_task(task, CONTEXT)
+    result = await execute_task(task, context)
     assert result.status == "failed" and result.retryable is False
     assert result.error is not None and "'if-else' is not a task node" in result.error
 
 
-async def test_an_executor_bug_becomes_a_failed_result(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_executor_bug_becomes_a_failed_result(
+    monkeypatch: pytest.MonkeyPatch, context: ExecutionContext
+) -> None:
     async def broken(task: NodeTask, context: ExecutionContext) -> ExecutionOutcome:
         raise KeyError("oops")
 
@@ -157,11 +166,11 @@ async def test_an_executor_bug_becomes_a_failed_result(monkeypatch: pytest.Monke
     executors = {"test-broken": broken, "test-failing": failing}
     monkeypatch.setattr(base, "executor_for", executors.get)
     task = NodeTask(task_id="t", run_id="r", node_id="n1", node_type="test-broken", data={})
-    result = await execute_task(task, CONTEXT)
+    result = await execute_task(task, context)
     assert (result.status, result.error_type) == ("failed", "InternalError")
     assert result.error == "n1: internal error in fanflow: KeyError: 'oops'"
     task = task.model_copy(update={"node_type": "test-failing"})
-    result = await execute_task(task, CONTEXT)
+    result = await execute_task(task, context)
     assert (result.error, result.error_type, result.retryable) == (
         "upstream said no",
         "HTTPError",

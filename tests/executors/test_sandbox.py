@@ -9,14 +9,57 @@ from pathlib import Path
 
 import pytest
 
+from fanflow import sandbox
 from fanflow.errors import NodeError
-from fanflow.sandbox.process import run_python
+from fanflow.sandbox.pool import SandboxPool
+
+
+@pytest.fixture(autouse=True)
+def _pool(sandbox: SandboxPool) -> None:
+    global POOL
+    POOL = sandbox
+
+
+POOL: SandboxPool
+
+
+async def run_python(code: str, inputs: dict, **limits: object) -> object:
+    return await sandbox.run_python(code, inputs, pool=POOL, **limits)  # type: ignore[arg-type]
 
 
 async def fails(code: str, inputs: dict | None = None, **limits: object) -> NodeError:
     with pytest.raises(NodeError) as caught:
-        await run_python(code, inputs or {}, **limits)  # type: ignore[arg-type]
+        await run_python(code, inputs or {}, **limits)
     return caught.value
+
+
+def sandboxed_pids(pool: SandboxPool | None = None) -> list[int]:
+    """Host pids of every process inside the pool's sandboxes but their zygotes.
+
+    The sandbox has its own PID namespace: the host sees its processes, with other pids.
+    """
+    namespaces = set()
+    zygotes = set()
+    for launcher in (pool or POOL).zygote_pids():
+        for child in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+            zygotes.add(int(child))
+            namespaces.add(os.readlink(f"/proc/{child}/ns/pid"))
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) not in zygotes:
+            try:
+                if os.readlink(entry / "ns" / "pid") in namespaces and alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def wait_no_sandboxed(pool: SandboxPool | None = None, within_s: float = 3.0) -> list[int]:
+    deadline = time.monotonic() + within_s
+    while (left := sandboxed_pids(pool)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 def alive(pid: int) -> bool:
@@ -74,7 +117,7 @@ async def test_printing_does_not_corrupt_the_result() -> None:
         '    print(\'{"ok": true, "result": {"forged": 1}}\')\n'
         "    print('to stderr', file=sys.stderr)\n"
         "    os.write(1, b'raw bytes on fd 1\\n')\n"
-        "    subprocess.run(['echo', 'from a child process'])\n"
+        "    subprocess.run([sys.executable, '-c', 'print(1)'])\n"
         "    return {'answer': 42}\n"
     )
     assert await run_python(code, {}) == {"answer": 42}
@@ -134,36 +177,40 @@ async def test_timeout_kills_the_code() -> None:
     assert time.monotonic() - started < 4
 
 
-async def test_timeout_kills_every_process_the_code_started(tmp_path: Path) -> None:
-    pid_file = tmp_path / "pids"
+async def test_timeout_kills_every_process_the_code_started() -> None:
+    # the code cannot write to the host's filesystem nor name host pids: the test looks
+    # into the sandbox's PID namespace from the host instead
     code = (
-        "import os, subprocess\n"
-        "def main(pid_file):\n"
-        "    sleeper = subprocess.Popen(['sleep', '60'])\n"
-        "    with open(pid_file, 'a') as f:\n"
-        "        f.write(f'{sleeper.pid}\\n')\n"
+        "import os, subprocess, sys\n"
+        "def main():\n"
+        "    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
         "    for _ in range(3):\n"  # 8 busy processes
         "        os.fork()\n"
-        "    with open(pid_file, 'a') as f:\n"
-        "        f.write(f'{os.getpid()}\\n')\n"
         "    while True:\n"
         "        pass\n"
     )
-    error = await fails(code, {"pid_file": str(pid_file)}, timeout_s=1.5)
-    assert error.error_type == "TimeoutError"
-    pids = [int(line) for line in pid_file.read_text().split()]
-    assert len(pids) == 9
-    assert wait_dead(pids) == []
+    run = asyncio.create_task(run_python(code, {}, timeout_s=1.5))
+    seen = 0
+    while not run.done():
+        seen = max(seen, len(sandboxed_pids()))
+        await asyncio.sleep(0.05)
+    with pytest.raises(NodeError) as caught:
+        await run
+    assert caught.value.error_type == "TimeoutError"
+    assert seen == 9
+    assert wait_no_sandboxed() == []
 
 
 async def test_processes_left_running_after_main_returns_are_killed() -> None:
     code = (
-        "import subprocess\n"
+        "import subprocess, sys\n"
         "def main():\n"
-        "    return {'pid': subprocess.Popen(['sleep', '60']).pid}\n"
+        "    child = [sys.executable, '-c', 'import time; time.sleep(60)']\n"
+        "    return {'pid': subprocess.Popen(child).pid}\n"
     )
     result = await run_python(code, {})
-    assert wait_dead([result["pid"]]) == []
+    assert isinstance(result, dict) and result["pid"] > 1
+    assert wait_no_sandboxed() == []
 
 
 async def test_a_fork_that_returns_from_main_does_not_answer() -> None:
@@ -171,23 +218,15 @@ async def test_a_fork_that_returns_from_main_does_not_answer() -> None:
     assert await run_python(code, {}) == {"parent": True}
 
 
-async def test_cancelling_the_run_kills_the_code(tmp_path: Path) -> None:
-    pid_file = tmp_path / "pid"
-    code = (
-        "import os\n"
-        "def main(pid_file):\n"
-        "    with open(pid_file, 'w') as f:\n"
-        "        f.write(str(os.getpid()))\n"
-        "    while True:\n"
-        "        pass\n"
-    )
-    run = asyncio.create_task(run_python(code, {"pid_file": str(pid_file)}, timeout_s=30))
-    while not pid_file.exists() or not pid_file.read_text():
+async def test_cancelling_the_run_kills_the_code() -> None:
+    code = "def main():\n    while True:\n        pass\n"
+    run = asyncio.create_task(run_python(code, {}, timeout_s=30))
+    while not sandboxed_pids():
         await asyncio.sleep(0.02)
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
-    assert wait_dead([int(pid_file.read_text())]) == []
+    assert wait_no_sandboxed() == []
 
 
 async def test_memory_bomb_hits_the_memory_limit() -> None:
@@ -251,9 +290,15 @@ async def test_each_run_gets_a_fresh_working_directory_removed_afterwards() -> N
     )
     first = await run_python(code, {})
     second = await run_python(code, {})
+    assert isinstance(first, dict) and isinstance(second, dict)
     assert first["before"] == [] and second["before"] == []
     assert first["cwd"] == first["home"] != second["cwd"]
-    assert not os.path.exists(first["cwd"]) and not os.path.exists(second["cwd"])
+    # inside the sandbox's /tmp, after the run: gone
+    check = (
+        "import os\ndef main(a, b):\n    return {'left': [os.path.exists(a), os.path.exists(b)]}\n"
+    )
+    left = await run_python(check, {"a": first["cwd"], "b": second["cwd"]})
+    assert left == {"left": [False, False]}
     assert os.getcwd() not in (first["cwd"], second["cwd"])
 
 

@@ -19,6 +19,7 @@ from fanflow import defaults
 from fanflow.errors import NodeError
 from fanflow.http_pool import HttpPool
 from fanflow.messages import NodeTask, TaskResult
+from fanflow.nodes.outputs import DEFAULT_LIMITS, CodeLimits
 from fanflow.registry import node_type as _node_type
 from fanflow.resilience.upstreams import UpstreamFailure
 from fanflow.sandbox.process import DEFAULT_MAX_OUTPUT_BYTES
@@ -39,7 +40,12 @@ class ExecutionContext:
     #: CPU seconds per code run; None leaves only the wall-clock limit
     code_cpu_s: int | None = None
     code_max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
-    #: breakers and rate limits per upstream (`fanflow.resilience.upstreams.Upstreams`); None: unguarded
+    #: the checks on a code node's outputs (Dify's CODE_MAX_* limits)
+    code_limits: CodeLimits = DEFAULT_LIMITS
+    #: the warm code sandbox (`fanflow.sandbox.pool.SandboxPool`) of this process; its
+    #: owner (the worker, the embedded runner) closes it. None: code nodes cannot run
+    code_sandbox: Any = None
+    #: breakers and rate limits per upstream (`fanflow.resilience.upstreams.Upstreams`)
     upstreams: Any = None
     #: the process's pooled HTTP clients (`fanflow.http_pool.HttpPool`), opened and closed
     #: by whoever owns this context (the worker, the embedded runner); None: a client per call

@@ -36,10 +36,13 @@ async def run_code_node(task: NodeTask, context: ExecutionContext) -> ExecutionO
     if not isinstance(code, str) or not code.strip():
         raise NodeError(f"{label}: the node has no code", error_type="CodeNodeError")
     inputs = _inputs(task, label)
+    if context.code_sandbox is None:
+        raise NodeError(f"{label}: this process has no code sandbox", error_type="SandboxError")
     try:
         result = await run_python(
             code,
             inputs,
+            pool=context.code_sandbox,
             timeout_s=task.timeout_s or context.code_timeout_s,
             memory_mb=context.code_memory_mb,
             cpu_s=context.code_cpu_s,
@@ -47,7 +50,9 @@ async def run_code_node(task: NodeTask, context: ExecutionContext) -> ExecutionO
         )
     except NodeError as exc:
         raise NodeError(f"{label}: {exc}", error_type=exc.error_type) from exc
-    outputs = check_code_outputs(result, data.get("outputs") or {}, node_label=label)
+    outputs = check_code_outputs(
+        result, data.get("outputs") or {}, node_label=label, limits=context.code_limits
+    )
     return ExecutionOutcome(outputs=outputs)
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 from fanflow.executors.base import ExecutionContext
 from fanflow.http_pool import DEFAULT_MAX_CONNECTIONS, HttpPool
 from fanflow.llm.providers import Providers
+from fanflow.nodes.outputs import CodeLimits
 from fanflow.resilience.upstreams import Upstreams
+from fanflow.sandbox.pool import SandboxPool
 from fanflow.settings import Settings
 
 
@@ -16,6 +20,8 @@ def context_from_settings(
     return ExecutionContext(
         code_timeout_s=settings.code_timeout_s,
         code_memory_mb=settings.code_memory_mb,
+        code_cpu_s=settings.code_cpu_s,
+        code_limits=code_limits_from_settings(settings),
         upstreams=Upstreams.from_settings(settings),
         http_pool=http_pool,
         llm_providers=Providers.from_settings(settings),
@@ -29,3 +35,28 @@ def http_pool_from_settings(settings: Settings, *, concurrency: int | None = Non
     the process runs at once), else `DEFAULT_MAX_CONNECTIONS`. The caller closes it."""
     size = settings.http_max_connections or concurrency or DEFAULT_MAX_CONNECTIONS
     return HttpPool(max_connections=size, keepalive_expiry_s=settings.http_keepalive_expiry_s)
+
+
+def code_limits_from_settings(settings: Settings) -> CodeLimits:
+    """The code node's output limits (`FANFLOW_CODE_MAX_*`, or Dify's `CODE_MAX_*`)."""
+    return CodeLimits(
+        max_string_length=settings.code_max_string_length,
+        max_number=settings.code_max_number,
+        min_number=settings.code_min_number,
+        max_precision=settings.code_max_precision,
+        max_depth=settings.code_max_depth,
+        max_number_array_length=settings.code_max_number_array_length,
+        max_string_array_length=settings.code_max_string_array_length,
+        max_object_array_length=settings.code_max_object_array_length,
+    )
+
+
+def sandbox_from_settings(settings: Settings, *, size: int | None = None) -> SandboxPool:
+    """The process's warm code sandbox; the caller owns it and closes it."""
+    return SandboxPool(
+        size=settings.code_pool_size or size or os.cpu_count() or 2,
+        mode=settings.sandbox,
+        memory_mb=settings.code_memory_mb,
+        max_processes=settings.code_max_processes,
+        tmp_mb=settings.code_tmp_mb,
+    )

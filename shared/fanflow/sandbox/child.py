@@ -1,27 +1,215 @@
-"""The child side of `fanflow.sandbox.process`: the program the sandboxed interpreter runs.
+"""The sandbox side of `fanflow.sandbox.process`: the zygote program and the per-call child.
 
-Not imported: `fanflow.sandbox.process` reads this file's text and passes it to `python -c`, so it must
-stay self-contained (stdlib only, nothing from fanflow) and run under the interpreter flags
-`-P -s -S -B`. It reads the request from stdin, sets the limits, runs the user's `main()` and
-writes one JSON verdict to the original stdout, then exits without interpreter shutdown.
+Not imported: `fanflow.sandbox.pool` reads this file's text and passes it to `python -c` with
+one JSON argument (its config), so it must stay self-contained (stdlib only, nothing from
+fanflow) and run under the interpreter flags `-P -s -S -B`. The zygote imports what a call
+needs once, then forks one fresh child per call (`_serve`); the child reads the request
+from fd 0, sets the limits, runs the user's `main()` and writes one JSON verdict to its
+result fd, then exits without interpreter shutdown.
 """
 
+import base64
 import contextlib
 import json
 import os
 import resource
+import select
+import shutil
+import signal
+import socket
 import sys
+import tempfile
+
+_PR_SET_DUMPABLE = 4
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAPBSET_DROP = 24
+_PR_SET_CHILD_SUBREAPER = 36
+_CLONE_NEWUSER = 0x10000000
 
 
-def _child_main() -> None:  # pragma: no cover - runs in the sandboxed interpreter
-    """Entry point of the child interpreter."""
-    result_fd = os.dup(1)  # the result channel; user prints and fd 1 now go to stderr
-    os.dup2(2, 1)
+def _libc():  # pragma: no cover - runs in the sandbox
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    return libc
+
+
+def _enter_user_namespace(uid: int) -> None:  # pragma: no cover - runs in the sandbox
+    """Become `uid` (on the host too) in a user namespace of our own, then forbid new ones.
+
+    Runs first in the zygote when the worker is root: bubblewrap (privileged mode) gave us
+    only CAP_SETUID/CAP_SETGID, which `setuid` drops with the rest.
+    """
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    libc = _libc()
+    libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # /proc/self/*_map stay ours to write
+    if libc.unshare(_CLONE_NEWUSER) != 0:
+        raise OSError(f"unshare(CLONE_NEWUSER) failed: errno {__import__('ctypes').get_errno()}")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"{uid} {uid} 1")
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"{uid} {uid} 1")
+    with open("/proc/sys/user/max_user_namespaces", "w") as f:
+        f.write("0")  # user code cannot nest namespaces (kernel attack surface)
+    _drop_privileges(libc)
+
+
+def _drop_privileges(libc) -> None:  # pragma: no cover - runs in the sandbox
+    import ctypes
+
+    libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)  # other same-uid processes can't ptrace us
+    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid binaries grant nothing
+    for capability in range(64):  # exec'd programs get no caps either
+        libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, self
+    libc.capset(header, (ctypes.c_uint32 * 6)())  # no effective/permitted/inheritable
+
+
+def _serve(config: dict) -> None:  # pragma: no cover - runs in the sandbox
+    """The zygote: one call at a time, each in a fresh forked child; then nothing survives.
+
+    Protocol on the SOCK_SEQPACKET socket `config["fd"]`: the worker sends
+    `{"timeout_s": t}` with three fds (request read end, result write end, output write end),
+    or `kill` while a call runs; the zygote answers each call with
+    `{"status": wait status, "timed_out": bool}` once every process of the call is gone.
+    """
+    sock = socket.socket(fileno=config["fd"])
+    os.environ.pop("PWD", None)  # bubblewrap's --chdir sets it; the environment is ours
+    if config.get("uid") is not None:
+        _enter_user_namespace(config["uid"])
+    libc = _libc()
+    isolated = os.getpid() == 1  # init of our own PID namespace
+    if not isolated:
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come back to us
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sock.send(b"ready")
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(sock, 4096, 3)
+        except OSError:
+            message, fds = b"", []
+        if not message:  # the worker closed the pool or died
+            _kill_all(isolated, 0)
+            os._exit(0)
+        if len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            continue
+        timeout_s = json.loads(message).get("timeout_s") or None
+        workdir = tempfile.mkdtemp(prefix="fanflow-code-")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _child(fds, workdir, sock.fileno(), isolated, config)
+            finally:
+                os._exit(70)
+        for fd in fds:
+            os.close(fd)
+        status, timed_out, worker_gone = _wait(pid, sock, timeout_s)
+        _kill_all(isolated, pid)
+        shutil.rmtree(workdir, ignore_errors=True)
+        if worker_gone:
+            os._exit(0)
+        sock.send(json.dumps({"status": status, "timed_out": timed_out}).encode())
+
+
+def _wait(pid: int, sock: socket.socket, timeout_s: float | None):  # pragma: no cover
+    """Wait for the call's child; kill it on the deadline or when the worker says `kill`."""
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.register(sock.fileno(), select.POLLIN)
+    timed_out = worker_gone = False
+    try:
+        events = poller.poll(None if timeout_s is None else timeout_s * 1000)
+        if not events:
+            timed_out = True
+        elif any(fd == sock.fileno() for fd, _ in events):
+            worker_gone = not sock.recv(64)  # `kill`, or EOF
+        if timed_out or any(fd == sock.fileno() for fd, _ in events):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(pidfd)
+    return status, timed_out, worker_gone
+
+
+def _kill_all(isolated: bool, pid: int) -> None:  # pragma: no cover - runs in the sandbox
+    """Kill every process the call left behind and reap them."""
+    if isolated:  # init of the namespace: kill(-1) reaches every other process in it
+        while True:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, signal.SIGKILL)
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
+    if pid:  # unsafe-process mode: the call's session, then whatever came back to us
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    for _ in range(100):
+        children = _children()
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        if not children:
+            return
+
+
+def _children() -> list:  # pragma: no cover - runs in the sandbox
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children") as f:
+            return [int(pid) for pid in f.read().split()]
+    except OSError:
+        return []
+
+
+def _child(
+    fds: list, workdir: str, sock_fd: int, isolated: bool, config: dict
+) -> None:  # pragma: no cover
+    """The per-call child: plumbing, then limits, then the user's `main`."""
+    request_fd, result_fd, output_fd = fds
+    os.setsid()
+    os.close(sock_fd)  # user code must not talk to the worker
+    os.dup2(request_fd, 0)
+    os.dup2(output_fd, 1)  # user prints and fd 1 go to the output pipe
+    os.dup2(output_fd, 2)
+    os.close(request_fd)
+    os.close(output_fd)
+    if result_fd < 3:
+        result_fd = os.dup(result_fd)
+    os.closerange(3, result_fd)
+    os.closerange(result_fd + 1, 65536)
+    os.chdir(workdir)
+    os.environ["HOME"] = workdir
+    os.environ["TMPDIR"] = workdir
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # kept on a crash
-    request = json.loads(sys.stdin.buffer.read())
+    chunks = []
+    while chunk := os.read(0, 1 << 20):
+        chunks.append(chunk)
+    request = json.loads(b"".join(chunks))
+    del chunks
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")  # the memory cgroup's OOM killer takes user code, not the zygote
+    _run_call(request, result_fd, isolated)
+
+
+def _run_call(request: dict, result_fd: int, isolated: bool) -> None:  # pragma: no cover
+    """Set the limits, run the user's `main()`, write one JSON verdict to `result_fd`."""
     my_pid = os.getpid()
 
     def limit(which: int, soft: int, hard_extra: int = 0) -> None:
@@ -35,26 +223,14 @@ def _child_main() -> None:  # pragma: no cover - runs in the sandboxed interpret
     limit(resource.RLIMIT_AS, request["memory_bytes"])
     limit(resource.RLIMIT_FSIZE, request["file_bytes"])
     limit(resource.RLIMIT_CORE, 0)
+    limit(resource.RLIMIT_NOFILE, request["max_open_files"])
+    if isolated and request.get("max_processes"):
+        # counted per uid inside our own user namespace: this sandbox's processes only
+        limit(resource.RLIMIT_NPROC, request["max_processes"])
     if request["cpu_s"]:
         limit(resource.RLIMIT_CPU, request["cpu_s"], hard_extra=1)  # soft: SIGXCPU
-
-    try:  # Linux only; where a call fails the limits above still hold
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-        prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-        prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG: SIGKILL when the worker dies
-        if os.getppid() != request["parent_pid"]:
-            os._exit(70)  # the worker died before the line above
-        prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: other same-uid processes can't ptrace us
-        prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: setuid binaries grant nothing
-        for capability in range(64):  # PR_CAPBSET_DROP: exec'd programs get no caps either
-            prctl(24, capability, 0, 0, 0)
-        header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, self
-        libc.capset(header, (ctypes.c_uint32 * 6)())  # no effective/permitted/inheritable
-    except (OSError, AttributeError):
-        pass
+    with contextlib.suppress(OSError, AttributeError):  # where this fails the limits hold
+        _drop_privileges(_libc())
 
     code = request["code"]
     lines = code.splitlines()
@@ -173,7 +349,13 @@ def _child_main() -> None:  # pragma: no cover - runs in the sandboxed interpret
     except (ValueError, MemoryError) as exc:  # e.g. NUL bytes in the source
         fail("CodeExecutionError", f"the code cannot be compiled: {exc}")
 
-    namespace: dict = {"__name__": "__main__", "__builtins__": __builtins__}
+    # as in Dify's runner, `main` sees `json` and `b64decode` without importing them
+    namespace: dict = {
+        "__name__": "__main__",
+        "__builtins__": __builtins__,
+        "json": json,
+        "b64decode": base64.b64decode,
+    }
     try:
         exec(compiled, namespace)
         main = namespace.get("main")
@@ -222,4 +404,4 @@ def _child_main() -> None:  # pragma: no cover - runs in the sandboxed interpret
 
 
 if __name__ == "__main__":  # `python -c` runs this file as __main__
-    _child_main()
+    _serve(json.loads(sys.argv[1]))

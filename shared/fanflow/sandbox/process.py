@@ -1,53 +1,59 @@
-"""Running a code node's untrusted Python in a child process with limits.
+"""Running a code node's untrusted Python: a boundary, served warm by a pool of zygotes.
 
-`run_python` starts a fresh interpreter per call (stdlib only, no site-packages) in its own
-session, with a scrubbed environment and an empty temporary working directory. Before any
-user code runs, the child sets its resource limits (address space, CPU, file size, no core
-dumps), asks to die with its parent, makes itself non-dumpable, forbids privilege gains and
-drops every capability. The request (code, inputs) goes in on stdin; the result comes back as
-JSON on the child's original stdout, while the user's `print()` and fd 1 are redirected to
-stderr, so printing cannot corrupt the result. On a wall-clock timeout, and after every run,
-the whole process group is killed. The child's program is `fanflow.sandbox.child`.
+`run_python` hands the request to a `SandboxPool` (`fanflow.sandbox.pool`): a zygote that
+has already started the interpreter forks a fresh child for the call, which exits after
+it; no interpreter starts per call. Before any user code runs the child lowers its resource
+limits (address space, CPU, file size, open files, processes, no core dumps), makes itself
+non-dumpable, forbids privilege gains and drops every capability. Its environment is
+scrubbed and its working directory an empty temporary one, removed after the call. The
+request goes in on fd 0; the verdict comes back as JSON on its own pipe, while `print()`
+and fd 1/2 go to an output pipe whose tail explains a crash. `json` and `b64decode` are
+module-level names of the user's code, as in Dify.
 
-This contains mistakes, it is not a security boundary like nsjail or gVisor. The code keeps
-the worker's user id (as root it still owns root's files), its filesystem view and its
-network; it can signal the worker's other processes; it can escape the group kill with
-setsid(); nothing limits its process count or the number of files it writes.
+What the boundary is (the default, `FANFLOW_SANDBOX=namespaces`, see
+`fanflow.sandbox.isolation`): every zygote lives in its own user, PID, network, mount, IPC
+and UTS namespaces, as uid 65534 when the worker is root (the worker's uid otherwise),
+with no capabilities and no way to create namespaces. It sees only the interpreter, its
+standard library and the shared libraries they load, read-only, a private /proc and /dev,
+and a tmpfs /tmp of `tmp_mb`: no /etc, no repository, no store, no library source. There is
+no network route (the broker, the database, the metadata service are unreachable). The
+zygote is init of its PID namespace: user code cannot signal it (SIGKILL to init from
+inside is ignored) nor see the worker, and after every call the zygote kills every other
+process in the namespace, so `setsid()` and double forks escape nothing. Process count is
+bounded by RLIMIT_NPROC (per sandbox, in its own user namespace) and a pids cgroup;
+memory in aggregate by a memory cgroup where the worker may create one (root with
+writable cgroups), else only per process by RLIMIT_AS.
+
+What it is not: calls served by the same zygote share its tmpfs (each has its own
+directory, removed afterwards) and, on a host without writable cgroups, memory is bounded
+per process only (max_processes x memory_mb in aggregate). No seccomp filter narrows the
+system calls user code may make, so the kernel's whole syscall surface is reachable (as in
+any container); it is not gVisor. Network for user code, preinstalled packages and
+JavaScript are not offered. `FANFLOW_SANDBOX=unsafe-process` runs the zygote as a plain
+process with the limits only: no boundary at all (the worker logs a loud warning).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import json
-import os
-import shutil
 import signal
-import sys
-import tempfile
-from importlib import resources
 from typing import Any
 
 from fanflow.errors import NodeError
+from fanflow.sandbox.pool import CallOutcome, SandboxPool
 
 DEFAULT_MAX_OUTPUT_BYTES = 8 * 1024 * 1024
 #: no single file the code writes may grow past this (RLIMIT_FSIZE)
 MAX_FILE_BYTES = 64 * 1024 * 1024
-#: how much of the child's stderr (the user's prints) is kept to explain a crash
-_STDERR_TAIL_BYTES = 16 * 1024
-#: after the process group is killed, how long to wait for the pipes to close
-_DRAIN_GRACE_S = 2.0
-#: -P: no script dir or cwd on sys.path; -s/-S: no user or site packages (stdlib only);
-#: -B: no .pyc files. Not -I: its -E would ignore PYTHONHASHSEED, and the environment is
-#: ours entirely anyway.
-_INTERPRETER_FLAGS = ("-P", "-s", "-S", "-B")
+#: open files per process (RLIMIT_NOFILE)
+MAX_OPEN_FILES = 256
 
 
 async def run_python(
     code: str,
     inputs: dict[str, Any],
     *,
+    pool: SandboxPool,
     timeout_s: float = 60,
     memory_mb: int = 512,
     cpu_s: int | None = None,
@@ -59,41 +65,27 @@ async def run_python(
     Raises `NodeError` with `error_type` ``CodeExecutionError`` (the code raised, did not
     compile, has no `main`, returned a non-dict or non-JSON value, or crashed),
     ``TimeoutError`` (wall clock `timeout_s` or CPU `cpu_s` exceeded), ``MemoryError``
-    (address space over `memory_mb`) or ``SandboxError`` (the interpreter could not start).
+    (address space over `memory_mb`) or ``SandboxError`` (no sandbox could start, or it
+    died during the call).
     """
-    request = _encode_request(code, inputs, memory_mb, cpu_s, max_output_bytes)
-    workdir = tempfile.mkdtemp(prefix="fanflow-code-")
-    try:
-        try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                *_INTERPRETER_FLAGS,
-                "-c",
-                _child_source(),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=workdir,
-                env=_child_environment(workdir),
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as exc:
-            raise NodeError(
-                f"could not start the Python sandbox: {exc}", error_type="SandboxError"
-            ) from exc
-        run = _Run(process, max_output_bytes)
-        try:
-            await run.supervise(request, timeout_s)
-        finally:
-            await run.finish()
-        return _interpret(run, timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_s)
-    finally:
-        await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
+    request = _encode_request(code, inputs, memory_mb, cpu_s, max_output_bytes, pool)
+    outcome = await pool.call(request, timeout_s=timeout_s, max_output_bytes=max_output_bytes)
+    return _interpret(
+        outcome,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        cpu_s=cpu_s,
+        max_output_bytes=max_output_bytes,
+    )
 
 
 def _encode_request(
-    code: str, inputs: dict[str, Any], memory_mb: int, cpu_s: int | None, max_output_bytes: int
+    code: str,
+    inputs: dict[str, Any],
+    memory_mb: int,
+    cpu_s: int | None,
+    max_output_bytes: int,
+    pool: SandboxPool,
 ) -> bytes:
     for name, value in inputs.items():
         try:
@@ -110,123 +102,21 @@ def _encode_request(
         "memory_mb": memory_mb,
         "cpu_s": cpu_s,
         "file_bytes": MAX_FILE_BYTES,
+        "max_open_files": MAX_OPEN_FILES,
+        "max_processes": pool.max_processes,
         "max_output_bytes": max_output_bytes,
-        "parent_pid": os.getpid(),
     }
     return json.dumps(request).encode()
 
 
-def _child_environment(workdir: str) -> dict[str, str]:
-    """Nothing inherited: no FANFLOW_*, *_API_KEY, AWS_* or proxies reach user code."""
-    return {
-        "PATH": "/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "PYTHONHASHSEED": "0",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "HOME": workdir,
-        "TMPDIR": workdir,
-    }
-
-
-class _Run:
-    """One child process: feeds the request, drains both pipes (capped), kills the group."""
-
-    def __init__(self, process: asyncio.subprocess.Process, max_output_bytes: int) -> None:
-        self.process = process
-        self.timed_out = False
-        self.output_overflow = False
-        self.output = bytearray()
-        self.stderr_tail = bytearray()
-        self.max_output_bytes = max_output_bytes
-        # the envelope around the result adds a few bytes; the child enforces the exact cap
-        self._output_cap = max_output_bytes + 4096
-        # asyncio's wait() also waits for the pipes to close, which processes the code left
-        # behind keep open; a pidfd says when the child itself exits. Opened before the
-        # request is sent, so the child (blocked reading stdin) cannot have been reaped yet.
-        try:
-            self._pidfd: int | None = os.pidfd_open(process.pid)
-        except (AttributeError, OSError):  # not Linux, or the child died at startup
-            self._pidfd = None
-        assert process.stdout is not None and process.stderr is not None
-        self._readers = [
-            asyncio.create_task(self._read_output(process.stdout)),
-            asyncio.create_task(self._read_stderr(process.stderr)),
-        ]
-
-    async def supervise(self, request: bytes, timeout_s: float) -> None:
-        try:
-            await asyncio.wait_for(self._feed_and_wait(request), timeout_s)
-        except TimeoutError:
-            self.timed_out = True
-
-    async def _feed_and_wait(self, request: bytes) -> None:
-        stdin = self.process.stdin
-        assert stdin is not None
-        # the child may die before reading everything; its exit status tells why
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            stdin.write(request)
-            await stdin.drain()
-        stdin.close()
-        await self._exited()
-
-    async def _exited(self) -> None:
-        if self._pidfd is None:
-            delay = 0.001
-            while self.process.returncode is None:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
-            return
-        loop = asyncio.get_running_loop()
-        exited = loop.create_future()
-
-        def readable() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(self._pidfd, readable)
-        try:
-            await exited
-        finally:
-            loop.remove_reader(self._pidfd)
-
-    async def finish(self) -> None:
-        """Kill whatever the code left running, reap the child, close the pipes."""
-        self._kill_group()
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.process.wait(), _DRAIN_GRACE_S)
-        _, pending = await asyncio.wait(self._readers, timeout=_DRAIN_GRACE_S)
-        for reader in pending:  # a process that left the session still holds the pipes
-            reader.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
-
-    def _kill_group(self) -> None:
-        # the child leads its own session, so its pid is the group id of it and its offspring
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-    async def _read_output(self, stream: asyncio.StreamReader) -> None:
-        while chunk := await stream.read(65536):
-            self.output += chunk
-            if len(self.output) > self._output_cap:
-                self.output_overflow = True
-                self._kill_group()
-                return
-
-    async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
-        while chunk := await stream.read(65536):
-            self.stderr_tail += chunk
-            del self.stderr_tail[:-_STDERR_TAIL_BYTES]
-
-
-def _interpret(run: _Run, *, timeout_s: float, memory_mb: int, cpu_s: int | None) -> Any:
+def _interpret(
+    run: CallOutcome, *, timeout_s: float, memory_mb: int, cpu_s: int | None, max_output_bytes: int
+) -> Any:
     if run.timed_out:
         raise NodeError(f"code timed out after {timeout_s:g} s", error_type="TimeoutError")
     if run.output_overflow:
         raise NodeError(
-            f"the value returned by main() is larger than {_size(run.max_output_bytes)}",
+            f"the value returned by main() is larger than {_size(max_output_bytes)}",
             error_type="CodeExecutionError",
         )
     if run.output:
@@ -238,7 +128,7 @@ def _interpret(run: _Run, *, timeout_s: float, memory_mb: int, cpu_s: int | None
             return envelope.get("result")
         if isinstance(envelope, dict) and envelope.get("ok") is False:
             raise NodeError(str(envelope.get("message")), error_type=str(envelope.get("type")))
-    raise _crash(run.process.returncode, bytes(run.stderr_tail), memory_mb, cpu_s)
+    raise _crash(run.returncode, bytes(run.stderr_tail), memory_mb, cpu_s)
 
 
 def _crash(returncode: int | None, stderr: bytes, memory_mb: int, cpu_s: int | None) -> NodeError:
@@ -266,9 +156,3 @@ def _crash(returncode: int | None, stderr: bytes, memory_mb: int, cpu_s: int | N
 
 def _size(n_bytes: int) -> str:
     return f"{n_bytes / (1024 * 1024):g} MB" if n_bytes >= 1024 * 1024 else f"{n_bytes} bytes"
-
-
-@functools.cache
-def _child_source() -> str:
-    """The program of the child interpreter: `child.py` of this package."""
-    return resources.files("fanflow.sandbox").joinpath("child.py").read_text(encoding="utf-8")

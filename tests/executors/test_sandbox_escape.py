@@ -1,0 +1,268 @@
+"""Escape attempts against the code sandbox: each must fail (real namespaces, real services).
+
+The worker's view is this test process: RabbitMQ and PostgreSQL listen on 127.0.0.1, the
+repository and the library's source are on disk, the test runs as root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import fanflow
+from fanflow import sandbox
+from fanflow.errors import NodeError
+from fanflow.executors import ExecutionContext, execute_task
+from fanflow.messages import NodeTask
+from fanflow.nodes.outputs import CodeLimits
+from fanflow.sandbox.pool import SandboxPool
+
+from .test_sandbox import wait_dead
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+LIBRARY = Path(fanflow.__file__).resolve().parent
+
+
+async def run(pool: SandboxPool, code: str, **inputs: object) -> dict:
+    result = await sandbox.run_python(code, inputs, pool=pool)
+    assert isinstance(result, dict)
+    return result
+
+
+def reachable(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("port", [5672, 5432])
+async def test_the_broker_and_the_database_are_unreachable(sandbox: SandboxPool, port: int) -> None:
+    assert reachable(port), f"start the shared service on 127.0.0.1:{port}"
+    code = (
+        "import socket\n"
+        "def main(port):\n"
+        "    s = socket.socket()\n"
+        "    s.settimeout(2)\n"
+        "    try:\n"
+        "        s.connect(('127.0.0.1', port))\n"
+        "        return {'connected': True}\n"
+        "    except OSError as exc:\n"
+        "        return {'connected': False, 'error': str(exc)}\n"
+    )
+    result = await run(sandbox, code, port=port)
+    assert result["connected"] is False
+    interfaces = await run(
+        sandbox, "import socket\ndef main():\n    return {'ifs': socket.if_nameindex()}\n"
+    )
+    assert [name for _, name in interfaces["ifs"]] in ([], ["lo"])  # no route out
+
+
+async def test_secrets_the_store_and_the_repository_are_not_visible(
+    sandbox: SandboxPool, tmp_path: Path
+) -> None:
+    store = tmp_path / "fanflow.db"
+    sqlite3.connect(store).close()
+    assert Path("/etc/shadow").exists() and store.exists()
+    code = (
+        "import os\n"
+        "def main(paths):\n"
+        "    seen = {}\n"
+        "    for path in paths:\n"
+        "        try:\n"
+        "            with open(path, 'rb') as f:\n"
+        "                seen[path] = len(f.read())\n"
+        "        except OSError as exc:\n"
+        "            seen[path] = type(exc).__name__\n"
+        "    return {'seen': seen, 'root': sorted(os.listdir('/'))}\n"
+    )
+    paths = ["/etc/shadow", "/etc/passwd", str(store), str(REPOSITORY / "pyproject.toml")]
+    paths.append(str(LIBRARY / "sandbox" / "process.py"))
+    result = await run(sandbox, code, paths=paths)
+    assert result["seen"] == dict.fromkeys(paths, "FileNotFoundError")
+    assert "etc" not in result["root"] and "work" not in result["root"]
+
+
+async def test_the_interpreter_and_the_library_are_read_only(sandbox: SandboxPool) -> None:
+    code = (
+        "import os, sys\n"
+        "def main(library):\n"
+        "    results = {}\n"
+        "    for target in [os.__file__, sys.executable, library + '/sandbox/process.py']:\n"
+        "        try:\n"
+        "            with open(target, 'a') as f:\n"
+        "                f.write('# pwned')\n"
+        "            results[target] = 'written'\n"
+        "        except OSError as exc:\n"
+        "            results[target] = type(exc).__name__\n"
+        "    return {'results': results, 'uid': os.getuid(), 'euid': os.geteuid()}\n"
+    )
+    result = await run(sandbox, code, library=str(LIBRARY))
+    assert "written" not in result["results"].values()
+    assert result["uid"] == result["euid"] != 0
+    assert "pwned" not in (LIBRARY / "sandbox" / "process.py").read_text()
+
+
+async def test_the_worker_and_the_zygote_cannot_be_killed(sandbox: SandboxPool) -> None:
+    code = (
+        "import os, signal\n"
+        "def main(worker):\n"
+        "    tried = []\n"
+        "    for pid in (os.getppid(), 1, worker):\n"
+        "        try:\n"
+        "            os.kill(pid, signal.SIGKILL)\n"
+        "            tried.append('sent')\n"
+        "        except OSError as exc:\n"
+        "            tried.append(type(exc).__name__)\n"
+        "    return {'tried': tried, 'ppid': os.getppid()}\n"
+    )
+    await asyncio.gather(*(run(sandbox, "def main():\n    return {}\n") for _ in range(2)))
+    zygotes = sandbox.zygote_pids()
+    result = await run(sandbox, code, worker=os.getpid())
+    assert result["ppid"] == 1  # the zygote is init of the sandbox's PID namespace
+    assert result["tried"][2] in ("ProcessLookupError", "sent")  # no such pid in there
+    # SIGKILL to init from inside its namespace is ignored: the zygote serves on
+    assert await run(sandbox, "def main():\n    return {'ok': 1}\n") == {"ok": 1}
+    assert sorted(zygotes) == sorted(sandbox.zygote_pids())  # none died, none replaced
+
+
+async def test_setsid_and_double_fork_leave_nothing_alive(sandbox: SandboxPool) -> None:
+    from .test_sandbox import wait_no_sandboxed
+
+    code = (
+        "import os, time\n"
+        "def main():\n"
+        "    if os.fork() == 0:\n"
+        "        os.setsid()\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(60)\n"
+        "        os._exit(0)\n"
+        "    time.sleep(0.2)\n"
+        "    return {'ok': 1}\n"
+    )
+    assert await run(sandbox, code) == {"ok": 1}
+    assert wait_no_sandboxed(sandbox) == []
+
+
+async def test_a_fork_bomb_is_bounded_and_cleaned_up(sandbox: SandboxPool) -> None:
+    from .test_sandbox import wait_no_sandboxed
+
+    code = (
+        "import os, time\n"
+        "def main():\n"
+        "    children = 0\n"
+        "    while children < 10_000:\n"
+        "        try:\n"
+        "            pid = os.fork()\n"
+        "        except OSError:\n"
+        "            break\n"
+        "        if pid == 0:\n"
+        "            time.sleep(60)\n"
+        "            os._exit(0)\n"
+        "        children += 1\n"
+        "    return {'children': children}\n"
+    )
+    result = await run(sandbox, code)
+    assert 0 < result["children"] < sandbox.max_processes
+    assert wait_no_sandboxed(sandbox) == []
+
+
+async def test_memory_is_bounded_in_aggregate() -> None:
+    # 6 processes of 150 MB each fit the per-process limit (200 MB) but not the aggregate
+    # (the memory cgroup of 200 + 16 + 64 MB): the kernel kills what goes over
+    code = (
+        "import os, time\n"
+        "def main():\n"
+        "    r, w = os.pipe()\n"
+        "    for _ in range(6):\n"
+        "        if os.fork() == 0:\n"
+        "            block = bytearray(150 * 1024 * 1024)\n"
+        "            for i in range(0, len(block), 4096):\n"
+        "                block[i] = 1\n"
+        "            os.write(w, b'x')\n"
+        "            time.sleep(30)\n"
+        "            os._exit(0)\n"
+        "    os.close(w)\n"
+        "    time.sleep(3)\n"
+        "    os.set_blocking(r, False)\n"
+        "    try:\n"
+        "        done = len(os.read(r, 64))\n"
+        "    except BlockingIOError:\n"
+        "        done = 0\n"
+        "    return {'done': done}\n"
+    )
+    with SandboxPool(size=1, memory_mb=200, tmp_mb=16) as pool:
+        try:
+            result = await sandbox.run_python(code, {}, pool=pool, memory_mb=200, timeout_s=20)
+        except NodeError as exc:  # the OOM killer may take the parent too
+            assert exc.error_type in ("CodeExecutionError", "SandboxError"), exc
+        else:
+            assert isinstance(result, dict)
+            assert result["done"] * 150 <= 200 + 16 + 64
+
+
+async def test_the_tmp_disk_is_bounded(sandbox: SandboxPool) -> None:
+    code = (
+        "def main():\n"
+        "    written = 0\n"
+        "    try:\n"
+        "        for n in range(100):\n"
+        "            with open(f'f{n}', 'wb') as f:\n"
+        "                f.write(b'x' * (8 * 1024 * 1024))\n"
+        "            written += 8\n"
+        "    except OSError as exc:\n"
+        "        return {'written_mb': written, 'error': exc.errno}\n"
+        "    return {'written_mb': written}\n"
+    )
+    result = await run(sandbox, code)
+    assert result["written_mb"] <= sandbox.tmp_mb and result.get("error") == 28  # ENOSPC
+
+
+async def test_a_killed_zygote_is_replaced() -> None:
+    with SandboxPool(size=1) as pool:
+        await run(pool, "def main():\n    return {}\n")
+        killed = pool.zygote_pids()
+        assert len(killed) == 1
+        os.kill(killed[0], signal.SIGKILL)
+        assert wait_dead(killed) == []
+        results = await asyncio.gather(
+            *(run(pool, "def main(i):\n    return {'i': i}\n", i=i) for i in range(3))
+        )
+        assert results == [{"i": i} for i in range(3)]
+        assert len(pool.zygote_pids()) == 1 and pool.zygote_pids() != killed
+
+
+async def test_json_and_b64decode_need_no_import(sandbox: SandboxPool) -> None:
+    code = "def main(text):\n    return {'v': json.loads(b64decode(text).decode())}\n"
+    assert await run(sandbox, code, text="eyJhIjogWzEsIDJdfQ==") == {"v": {"a": [1, 2]}}
+
+
+async def test_a_10000_item_list_passes_with_raised_limits(sandbox: SandboxPool) -> None:
+    task = NodeTask(
+        task_id="run-1/-/code1/0",
+        run_id="run-1",
+        node_id="code1",
+        node_type="code",
+        node_title="Many",
+        data={
+            "type": "code",
+            "code_language": "python3",
+            "code": "def main():\n    return {'names': [f'n{i}' for i in range(10_000)]}\n",
+            "variables": [],
+            "outputs": {"names": {"type": "array[string]"}},
+        },
+        variables={},
+    )
+    default = await execute_task(task, ExecutionContext(code_sandbox=sandbox))
+    assert default.status == "failed" and "at most 30" in (default.error or "")
+    raised = ExecutionContext(
+        code_sandbox=sandbox, code_limits=CodeLimits(max_string_array_length=10_000)
+    )
+    result = await execute_task(task, raised)
+    assert result.status == "succeeded", result.error
+    assert len(result.outputs["names"]) == 10_000
