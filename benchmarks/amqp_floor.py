@@ -14,12 +14,13 @@ import asyncio
 import multiprocessing
 import time
 import uuid
+from typing import Any
 
 import aio_pika
 
 from benchmarks.mesh import AMQP_URL
 
-_QUORUM = {"x-queue-type": "quorum"}
+_QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
 
 
 async def _declare(channel: aio_pika.abc.AbstractChannel, name: str) -> aio_pika.abc.AbstractQueue:

@@ -93,6 +93,8 @@ class DevMesh:
             FANFLOW_NAMESPACE=self.namespace,
             FANFLOW_ADMIN_TOKEN=self.admin_token,
             FANFLOW_DRAIN_TIMEOUT_S="5",
+            # the default (10,000 node runs) stops a 10,000-item iteration
+            FANFLOW_MAX_STEPS="10000000",
         )
         self.env.update(env)
         self.process: subprocess.Popen[bytes] | None = None
