@@ -4,6 +4,7 @@
 #   make lint      ruff check + ruff format --check; mypy on the library
 #   make format    ruff format + ruff check --fix
 #   make oracle    build the venv of Dify's engine for the differential tests
+#   make bench     run the benchmarks of issue 8 (BENCH_ARGS=--quick: a smoke run, < 2 min per probe)
 #   make services-check   are PostgreSQL, RabbitMQ and Redis reachable? how to start them
 
 SHELL := /bin/bash
@@ -19,7 +20,8 @@ TEST_JOBS ?= auto
 PYTEST_ARGS ?=
 LINT_PATHS := $(wildcard shared services tests)
 
-.PHONY: help install test lint format oracle services-check
+.PHONY: help install test lint format oracle services-check bench
+BENCH_ARGS ?=
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -58,6 +60,9 @@ format: $(STAMP)
 
 oracle:
 	FANFLOW_KIT=$(KIT) bash .ci/oracle-venv $(ORACLE_VENV)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 services-check:
 	@bash .ci/services check

@@ -45,8 +45,13 @@ def embedded(items: int) -> float:
 async def mesh(items: int, workers: int, directory: Path) -> float:
     namespace = f"bench{uuid.uuid4().hex[:8]}"
     database_url = f"sqlite+aiosqlite:///{directory / f'{namespace}.db'}"
-    env = {**os.environ, "FANFLOW_DATABASE_URL": database_url, "FANFLOW_AMQP_URL": AMQP_URL,
-           "FANFLOW_NAMESPACE": namespace, "FANFLOW_DRAIN_TIMEOUT_S": "5"}  # fmt: skip
+    env = {
+        **os.environ,
+        "FANFLOW_DATABASE_URL": database_url,
+        "FANFLOW_AMQP_URL": AMQP_URL,
+        "FANFLOW_NAMESPACE": namespace,
+        "FANFLOW_DRAIN_TIMEOUT_S": "5",
+    }
     store = await Store.open(database_url)
     topology = Topology(namespace=namespace)
     processes = [
