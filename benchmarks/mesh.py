@@ -60,11 +60,8 @@ def _postgres_admin(sql: str) -> None:
 
 def delete_namespace(namespace: str) -> None:
     """Delete a namespace's queues and exchanges (fanflow's own teardown)."""
-    try:
-        from fanflow.amqp import AmqpBroker
-    except ImportError:  # the library is being split into sub-packages
-        from fanflow.mesh.amqp import AmqpBroker  # type: ignore[no-redef]
-    from fanflow.topology import Topology
+    from fanflow.mesh.amqp import AmqpBroker
+    from fanflow.mesh.topology import Topology
 
     async def delete() -> None:
         async with AmqpBroker(AMQP_URL, topology=Topology(namespace=namespace)) as broker:
