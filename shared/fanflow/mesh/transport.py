@@ -176,15 +176,22 @@ async def handle_batch(
 async def take_batch(
     buffer: asyncio.Queue[T | None], first: T, *, batch_size: int, max_wait_s: float
 ) -> tuple[list[T], bool]:
-    """`first` and what else arrives in `buffer` within `max_wait_s`, up to `batch_size`;
-    and whether the end marker (None) was met."""
+    """`first`, everything already in `buffer`, and what else arrives within `max_wait_s`,
+    up to `batch_size`; and whether the end marker (None) was met. With `max_wait_s` 0 a
+    lone message goes at once, while under load the batch fills from what queued up."""
     loop = asyncio.get_running_loop()
     batch, deadline = [first], loop.time() + max_wait_s
     while len(batch) < batch_size:
         try:
-            item = await asyncio.wait_for(buffer.get(), deadline - loop.time())
-        except TimeoutError:
-            break
+            item = buffer.get_nowait()
+        except asyncio.QueueEmpty:
+            remaining_s = deadline - loop.time()
+            if remaining_s <= 0:
+                break
+            try:
+                item = await asyncio.wait_for(buffer.get(), remaining_s)
+            except TimeoutError:
+                break
         if item is None:
             return batch, True
         batch.append(item)
