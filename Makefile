@@ -1,7 +1,7 @@
 # fanflow developer commands. CI (.ci/run) calls these same targets.
 #   make install   create .venv (with $(PYTHON)) and install fanflow editable with dev tools
 #   make test      run the test suite (installs first when .venv is missing or stale)
-#   make lint      ruff check + ruff format --check; mypy on the library
+#   make lint      ruff check + ruff format --check; mypy --strict on the library and services
 #   make format    ruff format + ruff check --fix
 #   make oracle    build the venv of Dify's engine for the differential tests
 #   make bench     run the benchmarks of issue 8 (BENCH_ARGS=--quick: a smoke run, < 2 min per probe)
@@ -52,7 +52,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
-	$(BIN)/mypy shared/fanflow
+	$(BIN)/mypy shared/fanflow services
 
 format: $(STAMP)
 	$(BIN)/ruff format $(LINT_PATHS)

@@ -50,7 +50,7 @@ async def _dsl_text(request: Request) -> str:
             raise invalid_param('dsl: expected {"dsl": "<the workflow YAML>"}')
         return dsl
     try:
-        text = raw.decode("utf-8")
+        text: str = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise invalid_param(f"the workflow file is not UTF-8: {exc}") from None
     if not text.strip():

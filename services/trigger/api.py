@@ -39,7 +39,7 @@ async def app_for_key(request: Request, trigger: TriggerDep) -> AppRecord:
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise unauthorized("Authorization header must be provided and start with 'Bearer'")
-    app = await trigger.store.app_for_key(key.strip())
+    app: AppRecord | None = await trigger.store.app_for_key(key.strip())
     if app is None:
         raise unauthorized("Access token is invalid")
     return app
@@ -69,7 +69,7 @@ def _parse_run_body(raw: dict[str, Any]) -> RunBody:
 
 
 async def _own_run(trigger: Trigger, app: AppRecord, run_id: str) -> RunRecord:
-    run = await trigger.store.get_run(run_id)
+    run: RunRecord | None = await trigger.store.get_run(run_id)
     if run is None or run.app_id != app.id:
         raise not_found("Workflow run not found.")
     return run
@@ -188,7 +188,8 @@ async def _stream(trigger: Trigger, watch: RunWatch, app: AppRecord) -> AsyncIte
 
 @router.get("/workflows/run/{workflow_run_id}", summary="Get Workflow Run Detail")
 async def run_detail(workflow_run_id: str, app: AppDep, trigger: TriggerDep) -> dict[str, Any]:
-    return payloads.run_detail(await _own_run(trigger, app, workflow_run_id))
+    detail: dict[str, Any] = payloads.run_detail(await _own_run(trigger, app, workflow_run_id))
+    return detail
 
 
 class StopBody(BaseModel):
@@ -229,4 +230,5 @@ async def workflow_logs(
     runs, total = await trigger.store.list_runs(
         app.id, status=status, keyword=keyword or None, page=page, limit=limit
     )
-    return payloads.logs_page(runs, total, app, page=page, limit=limit)
+    logs: dict[str, Any] = payloads.logs_page(runs, total, app, page=page, limit=limit)
+    return logs

@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 from fanflow.executors import ExecutionContext, execute_with_timeout
 from fanflow.executors.wiring import (
@@ -121,7 +122,7 @@ class Worker:
                 for running in list(self._running.get(run_id, ())):
                     running.cancel()
 
-    async def handle(self, body: bytes, headers: dict, redelivered: bool) -> Disposition:
+    async def handle(self, body: bytes, headers: dict[str, Any], redelivered: bool) -> Disposition:
         task = NodeTask.decode(body)
         if task.run_id in self._stopped:
             return Disposition.ACK  # the run is over; nobody waits for this result
@@ -167,7 +168,7 @@ async def _closing(sandbox: SandboxPool) -> AsyncIterator[SandboxPool]:
         sandbox.close()
 
 
-def _observe_queue_wait(cls: str, headers: dict) -> None:
+def _observe_queue_wait(cls: str, headers: dict[str, Any]) -> None:
     try:
         ready_at = float(headers.get(HEADER_READY_AT, ""))
     except (TypeError, ValueError):

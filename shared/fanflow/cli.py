@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
+    from fanflow.settings import Settings
+
 app = typer.Typer(
     help="Run Dify workflows: in one process (run) or across RabbitMQ workers.",
     no_args_is_help=True,
@@ -208,7 +210,7 @@ def validate(
 # ---- the mesh ------------------------------------------------------------------------
 
 
-def _settings():  # type: ignore[no-untyped-def]
+def _settings() -> Settings:
     from fanflow.settings import Settings
 
     return Settings()

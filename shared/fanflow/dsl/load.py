@@ -148,7 +148,8 @@ def _graph_of_graph_document(document: Mapping[str, Any]) -> Mapping[str, Any] |
             return candidate
     wf = document.get("workflow")
     if isinstance(wf, Mapping) and isinstance(wf.get("graph"), Mapping):
-        return wf["graph"]
+        graph: Mapping[str, Any] = wf["graph"]
+        return graph
     return None
 
 

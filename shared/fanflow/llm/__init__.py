@@ -7,7 +7,6 @@ against it up front with `check_llm_config`.
 """
 
 from fanflow.llm.providers import (
-    LLM_NODE_TYPES,
     Endpoint,
     ProviderNotConfigured,
     Providers,
@@ -16,6 +15,7 @@ from fanflow.llm.providers import (
     provider_name,
     providers_from_environment,
 )
+from fanflow.registry import LLM_NODE_TYPES
 
 __all__ = [
     "LLM_NODE_TYPES",

@@ -148,7 +148,9 @@ _EXAMPLE_QUERY = "Could you book a table for four at 7:30 in the evening?"
 _EXAMPLE_ANSWER = {"party_size": 4, "time": "19:30"}
 
 
-def function_call_messages(query: str, instruction: str, schema: dict) -> list[dict[str, Any]]:
+def function_call_messages(
+    query: str, instruction: str, schema: dict[str, Any]
+) -> list[dict[str, Any]]:
     return [
         {
             "role": "system",
@@ -163,7 +165,7 @@ def function_call_messages(query: str, instruction: str, schema: dict) -> list[d
     ]
 
 
-def extraction_tool(schema: dict) -> dict[str, Any]:
+def extraction_tool(schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "function",
         "function": {
@@ -175,7 +177,7 @@ def extraction_tool(schema: dict) -> dict[str, Any]:
 
 
 def json_prompt_messages(
-    query: str, instruction: str, schema: dict, *, chat: bool
+    query: str, instruction: str, schema: dict[str, Any], *, chat: bool
 ) -> list[dict[str, Any]]:
     system = _JSON_SYSTEM.format(instruction=instruction)
     user = _JSON_USER.format(schema=json.dumps(schema, ensure_ascii=False), query=query)

@@ -47,7 +47,9 @@ def completion_params(params: Any, lookup: Lookup) -> dict[str, Any]:
     return body
 
 
-def json_schema_format(schema: Mapping[str, Any], *, name: str = "structured_output") -> dict:
+def json_schema_format(
+    schema: Mapping[str, Any], *, name: str = "structured_output"
+) -> dict[str, Any]:
     """`response_format` asking for a JSON object that follows `schema`."""
     return {"type": "json_schema", "json_schema": {"name": name, "schema": dict(schema)}}
 

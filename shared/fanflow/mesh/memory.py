@@ -283,7 +283,7 @@ class MemoryBroker(Publisher):
             handle: asyncio.TimerHandle | None = None
 
             def expire() -> None:
-                self._timers.discard(handle)  # type: ignore[arg-type]
+                self._timers.discard(handle)
                 self._dead_letter(queue, message, reason="expired")
 
             handle = loop.call_later(int(ttl) / 1000, expire)

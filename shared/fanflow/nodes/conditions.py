@@ -211,7 +211,8 @@ def _is(actual: Any, expected: Any) -> bool:
     if actual is None:
         return False
     if isinstance(actual, str | bool):
-        return actual == expected
+        same: bool = actual == expected
+        return same
     raise _value_error(f"'is' needs a string or boolean variable, got {_kind(actual)}")
 
 

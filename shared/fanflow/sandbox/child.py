@@ -8,6 +8,8 @@ from fd 0, sets the limits, runs the user's `main()` and writes one JSON verdict
 result fd, then exits without interpreter shutdown.
 """
 
+from __future__ import annotations
+
 import base64
 import contextlib
 import json
@@ -20,6 +22,12 @@ import socket
 import sys
 import tempfile
 
+# stdlib-only and import-free at run time: these names exist for the type checker alone
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ctypes
+    from typing import Any
+
 _PR_SET_DUMPABLE = 4
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAPBSET_DROP = 24
@@ -27,7 +35,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 _CLONE_NEWUSER = 0x10000000
 
 
-def _libc():  # pragma: no cover - runs in the sandbox
+def _libc() -> ctypes.CDLL:  # pragma: no cover - runs in the sandbox
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -59,7 +67,7 @@ def _enter_user_namespace(uid: int) -> None:  # pragma: no cover - runs in the s
     _drop_privileges(libc)
 
 
-def _drop_privileges(libc) -> None:  # pragma: no cover - runs in the sandbox
+def _drop_privileges(libc: ctypes.CDLL) -> None:  # pragma: no cover - runs in the sandbox
     import ctypes
 
     libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)  # other same-uid processes can't ptrace us
@@ -70,7 +78,7 @@ def _drop_privileges(libc) -> None:  # pragma: no cover - runs in the sandbox
     libc.capset(header, (ctypes.c_uint32 * 6)())  # no effective/permitted/inheritable
 
 
-def _serve(config: dict) -> None:  # pragma: no cover - runs in the sandbox
+def _serve(config: dict[str, Any]) -> None:  # pragma: no cover - runs in the sandbox
     """The zygote: one call at a time, each in a fresh forked child; then nothing survives.
 
     Protocol on the SOCK_SEQPACKET socket `config["fd"]`: the worker sends
@@ -118,7 +126,9 @@ def _serve(config: dict) -> None:  # pragma: no cover - runs in the sandbox
         sock.send(json.dumps({"status": status, "timed_out": timed_out}).encode())
 
 
-def _wait(pid: int, sock: socket.socket, timeout_s: float | None):  # pragma: no cover
+def _wait(
+    pid: int, sock: socket.socket, timeout_s: float | None
+) -> tuple[int, bool, bool]:  # pragma: no cover
     """Wait for the call's child; kill it on the deadline or when the worker says `kill`."""
     pidfd = os.pidfd_open(pid)
     poller = select.poll()
@@ -165,7 +175,7 @@ def _kill_all(isolated: bool, pid: int) -> None:  # pragma: no cover - runs in t
             return
 
 
-def _children() -> list:  # pragma: no cover - runs in the sandbox
+def _children() -> list[int]:  # pragma: no cover - runs in the sandbox
     me = os.getpid()
     try:
         with open(f"/proc/{me}/task/{me}/children") as f:
@@ -175,7 +185,7 @@ def _children() -> list:  # pragma: no cover - runs in the sandbox
 
 
 def _child(
-    fds: list, workdir: str, sock_fd: int, isolated: bool, config: dict
+    fds: list[int], workdir: str, sock_fd: int, isolated: bool, config: dict[str, Any]
 ) -> None:  # pragma: no cover
     """The per-call child: plumbing, then limits, then the user's `main`."""
     request_fd, result_fd, output_fd = fds
@@ -208,7 +218,7 @@ def _child(
     _run_call(request, result_fd, isolated)
 
 
-def _run_call(request: dict, result_fd: int, isolated: bool) -> None:  # pragma: no cover
+def _run_call(request: dict[str, Any], result_fd: int, isolated: bool) -> None:  # pragma: no cover
     """Set the limits, run the user's `main()`, write one JSON verdict to `result_fd`."""
     my_pid = os.getpid()
 
@@ -232,7 +242,7 @@ def _run_call(request: dict, result_fd: int, isolated: bool) -> None:  # pragma:
     with contextlib.suppress(OSError, AttributeError):  # where this fails the limits hold
         _drop_privileges(_libc())
 
-    code = request["code"]
+    code: str = request["code"]
     lines = code.splitlines()
     memory_mb = request["memory_mb"]
 
@@ -250,13 +260,13 @@ def _run_call(request: dict, result_fd: int, isolated: bool) -> None:  # pragma:
     def fail(kind: str, message: str) -> None:
         finish(json.dumps({"ok": False, "type": kind, "message": message}).encode())
 
-    def user_frames(exc: BaseException, keep: int = 8) -> tuple[list, int]:
+    def user_frames(exc: BaseException, keep: int = 8) -> tuple[list[tuple[int, str]], int]:
         """The last `keep` (line, function) of the user's frames, and how many there were.
 
         Walks the traceback by hand and then drops it: after a MemoryError or a deep
         recursion, formatting the whole traceback could fail or take seconds.
         """
-        frames: list = []
+        frames: list[tuple[int, str]] = []
         total = 0
         tb = exc.__traceback__
         while tb is not None:
@@ -291,7 +301,7 @@ def _run_call(request: dict, result_fd: int, isolated: bool) -> None:  # pragma:
             report.append("Traceback (your code):")
             if total > len(frames):
                 report.append(f"  ... {total - len(frames)} earlier frames")
-            shown: list = []  # [frame, times]: a recursion shows once
+            shown: list[list[Any]] = []  # [frame, times]: a recursion shows once
             for frame in frames:
                 if shown and shown[-1][0] == frame:
                     shown[-1][1] += 1
@@ -311,7 +321,7 @@ def _run_call(request: dict, result_fd: int, isolated: bool) -> None:  # pragma:
         mb = n_bytes / (1024 * 1024)
         return f"{mb:g} MB" if mb >= 1 else f"{n_bytes} bytes"
 
-    def first_unserializable(value, path: str, active: set) -> tuple[str, str] | None:
+    def first_unserializable(value: object, path: str, active: set[int]) -> tuple[str, str] | None:
         if value is None or isinstance(value, str | int | float):
             return None
         if isinstance(value, dict | list | tuple):
@@ -350,7 +360,7 @@ def _run_call(request: dict, result_fd: int, isolated: bool) -> None:  # pragma:
         fail("CodeExecutionError", f"the code cannot be compiled: {exc}")
 
     # as in Dify's runner, `main` sees `json` and `b64decode` without importing them
-    namespace: dict = {
+    namespace: dict[str, Any] = {
         "__name__": "__main__",
         "__builtins__": __builtins__,
         "json": json,

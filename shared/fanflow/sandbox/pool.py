@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from itertools import count
-from typing import Literal
+from typing import Any, Literal
 
 from fanflow.errors import NodeError
 from fanflow.sandbox import isolation
@@ -274,7 +274,7 @@ class _Zygote:
             outcome.returncode = os.waitstatus_to_exitcode(status)
         return outcome
 
-    async def _verdict(self, timeout_s: float, outcome: CallOutcome) -> dict:
+    async def _verdict(self, timeout_s: float, outcome: CallOutcome) -> dict[str, Any]:
         assert self._sock is not None
         loop = asyncio.get_running_loop()
         try:
@@ -291,7 +291,8 @@ class _Zygote:
                 + (f": {why}" if why else ""),
                 error_type="SandboxError",
             )
-        return json.loads(answer)
+        verdict: dict[str, Any] = json.loads(answer)
+        return verdict
 
     def _interrupt(self) -> None:
         """The call was cancelled (or failed here): stop it, or give up on this zygote."""

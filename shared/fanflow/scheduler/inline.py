@@ -6,6 +6,7 @@ the edges to take; `fanflow.registry` names which evaluator serves which node ty
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fanflow.errors import NodeError
@@ -32,7 +33,9 @@ Outcome = tuple[dict[str, Any], str | None]
 def evaluate(step: _Step, scope: Scope, node: Node) -> Outcome:
     """Run an inline node; returns its outputs and the handle of the edges to take."""
     declared = node_type(node.type)
-    handler = declared.evaluate if declared is not None else None
+    handler: Callable[[_Step, Scope, Node], Outcome] | None = (
+        declared.evaluate if declared is not None else None
+    )
     if handler is None:
         raise NodeError(
             f"node type '{node.type}' is not supported by fanflow", error_type="UnsupportedNode"
