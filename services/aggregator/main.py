@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from fanflow.errors import DecodeError
+from fanflow.health import start_heartbeat
 from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
 from fanflow.mesh.amqp import AmqpBroker, Delivery, Disposition
 from fanflow.mesh.driver import Envelope, RunDriver
@@ -71,7 +72,15 @@ class Aggregator:
                     batch_size=batch,
                     max_wait_s=wait_s,
                 )
+                store = self.store
                 sweepers = [
+                    *_tasks(
+                        start_heartbeat(
+                            "aggregator",
+                            self.settings.health_file,
+                            {"broker": broker.health, "database": store.ping},
+                        )
+                    ),
                     asyncio.create_task(
                         self._every(self.settings.outbox_sweep_interval_s, self.relay.sweep)
                     ),
@@ -212,6 +221,10 @@ class Aggregator:
                 await action()
             except Exception:
                 log.exception("periodic %s failed", getattr(action, "__name__", action))
+
+
+def _tasks(task: asyncio.Task[None] | None) -> list[asyncio.Task[None]]:
+    return [task] if task is not None else []
 
 
 def run(settings: Settings) -> None:

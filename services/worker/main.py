@@ -23,6 +23,7 @@ from fanflow.executors.wiring import (
     http_pool_from_settings,
     sandbox_from_settings,
 )
+from fanflow.health import start_heartbeat
 from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
 from fanflow.mesh.amqp import AmqpBroker, Disposition
 from fanflow.mesh.topology import HEADER_READY_AT
@@ -98,6 +99,9 @@ class Worker:
             await broker.declare()
             control = await broker.subscribe_control()
             listener = asyncio.create_task(self._listen(control))
+            heartbeat = start_heartbeat(
+                "worker", self.settings.health_file, {"broker": broker.health}
+            )
             for cls in self.queues:
                 await broker.consume(
                     self.topology.task_queue(cls), self.handle, prefetch=self.prefetch[cls]
@@ -111,6 +115,8 @@ class Worker:
             log.info("draining in-flight tasks")
             await broker.drain(timeout_s=self.settings.drain_timeout_s)
             listener.cancel()
+            if heartbeat is not None:
+                heartbeat.cancel()
 
     async def _listen(self, control) -> None:  # type: ignore[no-untyped-def]
         async for message in control:

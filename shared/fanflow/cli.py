@@ -263,6 +263,22 @@ def dev(
     raise typer.Exit(run_dev(_settings(), port=port, workers=workers))
 
 
+@app.command()
+def health(
+    file: Annotated[Path, typer.Argument(help="The heartbeat file (FANFLOW_HEALTH_FILE).")],
+    max_age_s: Annotated[
+        float, typer.Option("--max-age", help="Older than this many seconds: unhealthy.")
+    ] = 30.0,
+) -> None:
+    """Is the worker or aggregator writing FILE doing its work? Exit 0 healthy, 1 not."""
+    from fanflow.health import read_heartbeat
+
+    report = read_heartbeat(file, max_age_s=max_age_s)
+    typer.echo(report.message, err=not report.healthy)
+    if not report.healthy:
+        raise typer.Exit(EXIT_FAILED)
+
+
 @app.command("mock-llm")
 def mock_llm(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

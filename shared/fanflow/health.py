@@ -112,3 +112,16 @@ def read_heartbeat(path: Path, *, max_age_s: float = DEFAULT_MAX_AGE_S) -> Healt
         detail = "; ".join(f"{k}: {v}" for k, v in failing.items()) or "not ok"
         return HealthReport(False, f"{component}: {detail}")
     return HealthReport(True, f"{component}: healthy ({age_s:.1f} s ago)")
+
+
+def start_heartbeat(
+    component: str, path: Path | None, checks: dict[str, Check]
+) -> asyncio.Task[None] | None:
+    """Run a heartbeat of `checks` at `path` in the background (None: no path configured);
+    cancel the task to stop it, which removes the file."""
+    if path is None:
+        return None
+    heartbeat = Heartbeat(component, path)
+    for name, check in checks.items():
+        heartbeat.add_check(name, check)
+    return asyncio.create_task(heartbeat.async_run(), name=f"heartbeat:{component}")

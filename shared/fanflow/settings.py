@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     # ---- topology ----
     delivery_limit: int = defaults.DELIVERY_LIMIT
 
+    #: worker and aggregator: where to write the heartbeat `fanflow health FILE` reads
+    #: (unset: none)
+    health_file: Path | None = None
     metrics_port: int | None = Field(default=None, description="worker/aggregator /metrics port")
 
     def topology(self) -> Topology:

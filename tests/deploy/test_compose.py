@@ -218,12 +218,21 @@ def test_worker_is_scalable() -> None:
 
 @pytest.mark.parametrize(
     ("name", "probe"),
-    [("rabbitmq", "rabbitmq-diagnostics"), ("postgres", "pg_isready"), ("trigger", "/healthz")],
+    [
+        ("rabbitmq", "rabbitmq-diagnostics"),
+        ("postgres", "pg_isready"),
+        ("trigger", "/healthz"),
+        ("worker", "fanflow health /tmp/fanflow-health.json"),
+        ("aggregator", "fanflow health /tmp/fanflow-health.json"),
+    ],
 )
 def test_healthchecks(name: str, probe: str) -> None:
     test = _services()[name].get("healthcheck", {}).get("test")
     assert test, f"{name}: no healthcheck"
     assert probe in " ".join(test if isinstance(test, list) else [test]), test
+    if name in ("worker", "aggregator"):
+        env = _services()[name]["environment"]
+        assert env["FANFLOW_HEALTH_FILE"] == "/tmp/fanflow-health.json", env
     if name == "trigger":
         assert "curl" not in str(test) and "wget" not in str(test), "slim images lack curl/wget"
 

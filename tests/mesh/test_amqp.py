@@ -369,6 +369,16 @@ async def test_drain_waits_for_the_in_flight_handler(make_broker: MakeBroker) ->
     assert redelivered.calls == []
 
 
+async def test_health_names_a_stopped_consumer(make_broker: MakeBroker) -> None:
+    broker = await make_broker()
+    consumer = await broker.consume(broker.topology.task_queue("code"), Recorder(), prefetch=1)
+    assert await broker.health() is None
+    await consumer.stop(timeout_s=1)
+    assert await broker.health() == f"consumer of {broker.topology.task_queue('code')} stopped"
+    await broker.close()
+    assert await broker.health() is not None
+
+
 def test_topology_names_and_arguments() -> None:
     topology = Topology(namespace="ns")
     assert [topology.class_for(t) for t in ("question-classifier", "http-request", "code")] == [

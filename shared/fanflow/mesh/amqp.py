@@ -323,6 +323,15 @@ class AmqpBroker(Publisher):
 
     # -- shutting down --------------------------------------------------------------------
 
+    async def health(self) -> str | None:
+        """None while the connection and every consumer are up; else what is down."""
+        if self._connection is None or self._connection.is_closed:
+            return "broker connection closed"
+        for consumer in self._consumers:
+            if consumer.closed:
+                return f"consumer of {consumer.queue_name} stopped"
+        return None
+
     async def drain(self, *, timeout_s: float | None = 30.0) -> None:
         """Stop consuming, let in-flight handlers finish (up to timeout_s), then close.
 

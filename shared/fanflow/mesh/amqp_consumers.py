@@ -113,6 +113,11 @@ class Consumer:
         self._idle.set()
 
     @property
+    def closed(self) -> bool:
+        """No longer receiving: stopped, or its channel is gone (until it reconnects)."""
+        return self._stopping or self._channel is None or self._channel.is_closed
+
+    @property
     def in_flight(self) -> int:
         """Deliveries received and not yet settled."""
         return self._in_flight

@@ -194,6 +194,15 @@ class MemoryBroker(Publisher):
 
     # -- shutting down --------------------------------------------------------------------
 
+    async def health(self) -> str | None:
+        """None while connected and every consumer is up; else what is down."""
+        if not self._connected:
+            return "broker closed"
+        for consumer in self._consumers:
+            if consumer.stopping:
+                return f"consumer of {consumer.queue_name} stopped"
+        return None
+
     async def drain(self, *, timeout_s: float | None = 30.0) -> None:
         """Stop consuming, let in-flight handlers finish (up to timeout_s), then close."""
         await asyncio.gather(

@@ -77,6 +77,10 @@ class MemoryConsumer:
         self._serial = 0
 
     @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
     def in_flight(self) -> int:
         return len(self._unsettled)
 

@@ -101,6 +101,15 @@ class Store:
     async def close(self) -> None:
         await self.engine.dispose()
 
+    async def ping(self) -> str | None:
+        """None when the database answers a trivial query; else what went wrong."""
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(select(1))
+        except Exception as exc:
+            return f"database unreachable: {type(exc).__name__}: {exc}"
+        return None
+
     async def __aenter__(self) -> Store:
         return self
 
