@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-FANFLOW = [sys.executable, "-m", "fanflow.cli"]
+FANFLOW = [sys.executable, "-m", "fanflow_services.cli"]
 SQUARES = ROOT / "tests" / "data" / "mesh" / "squares.yml"
 KIT = Path(os.environ.get("FANFLOW_KIT", ROOT.parent / "shared"))
 if not (KIT / "tools" / "dify_oracle.py").exists():

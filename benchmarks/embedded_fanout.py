@@ -92,7 +92,7 @@ def fanflow_run(workflow: Path, env: dict[str, str], *args: str) -> Timing:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "fanflow.cli", "run", str(workflow), "--json", *args],
+        [sys.executable, "-m", "fanflow_services.cli", "run", str(workflow), "--json", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -56,7 +56,7 @@ async def mesh(items: int, workers: int, directory: Path) -> float:
     topology = Topology(namespace=namespace)
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "fanflow.cli", role],
+            [sys.executable, "-m", "fanflow_services.cli", role],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -128,7 +128,7 @@ class _Mesh:
         self.settings = settings
         self.port = port
         self._lock = threading.Lock()
-        cli = [sys.executable, "-m", "fanflow.cli"]
+        cli = [sys.executable, "-m", "fanflow_services.cli"]
         metrics = settings.metrics_port
         self.children = [
             _Child(

@@ -54,7 +54,7 @@ def fanflow(
         env["COLUMNS"] = str(columns)
     env.update(env_extra or {})
     done = subprocess.run(
-        [sys.executable, "-m", "fanflow.cli", *map(str, args)],
+        [sys.executable, "-m", "fanflow_services.cli", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout_s,

@@ -32,7 +32,7 @@ def test_example(
 ) -> None:
     inputs_file = tmp_path / "inputs.json"
     inputs_file.write_text(json.dumps(inputs), encoding="utf-8")
-    command = [sys.executable, "-m", "fanflow.cli", "run", str(EXAMPLES / name)]
+    command = [sys.executable, "-m", "fanflow_services.cli", "run", str(EXAMPLES / name)]
     done = subprocess.run(
         [*command, "--inputs-file", str(inputs_file)],
         capture_output=True,

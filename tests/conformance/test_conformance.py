@@ -77,7 +77,12 @@ def fanflow_run_process(
     fixture: Path, inputs: dict[str, Any], query: str | None, tmp_path: Path
 ) -> dict[str, Any]:
     """`python -m fanflow.cli run FIXTURE --json` as a subprocess."""
-    command = [sys.executable, "-m", "fanflow.cli", *_run_args(fixture, inputs, query, tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "fanflow_services.cli",
+        *_run_args(fixture, inputs, query, tmp_path),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     return _checked(done.returncode, done.stdout, done.stderr)
 

@@ -122,7 +122,7 @@ class MockLLMProcess:
             [
                 sys.executable,
                 "-m",
-                "fanflow.cli",
+                "fanflow_services.cli",
                 "mock-llm",
                 "--port",
                 "0",

@@ -89,7 +89,7 @@ def _seconds(duration: str) -> float:
 def _fanflow(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb")
     return subprocess.run(
-        [sys.executable, "-m", "fanflow.cli", *args],
+        [sys.executable, "-m", "fanflow_services.cli", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -31,7 +31,7 @@ from fanflow.mesh.topology import Topology
 ROOT = Path(__file__).resolve().parents[2]
 DRAIN_TIMEOUT_S = 5.0
 READY_WITHIN_S = 60.0
-_DEV = (sys.executable, "-m", "fanflow.cli", "dev")
+_DEV = (sys.executable, "-m", "fanflow_services.cli", "dev")
 _STARTED = re.compile(r"^\[dev\] started (\S+) \(pid (\d+)\)$")
 
 

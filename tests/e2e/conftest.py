@@ -42,7 +42,7 @@ class Mocks:
             [
                 sys.executable,
                 "-m",
-                "fanflow.cli",
+                "fanflow_services.cli",
                 "mock-llm",
                 "--port",
                 str(port),

@@ -71,7 +71,7 @@ def mock_llm(tmp_path: Path) -> Iterator[MockFactory]:
             [
                 sys.executable,
                 "-m",
-                "fanflow.cli",
+                "fanflow_services.cli",
                 "mock-llm",
                 "--port",
                 "0",

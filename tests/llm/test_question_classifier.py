@@ -95,7 +95,7 @@ async def test_a_reply_without_json_is_a_format_failure(mock_llm: MockFactory) -
 def fanflow_run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FANFLOW_LLM_")}
     return subprocess.run(
-        [sys.executable, "-m", "fanflow.cli", "run", *args],
+        [sys.executable, "-m", "fanflow_services.cli", "run", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,6 +1,6 @@
 """A local mesh for tests: worker and aggregator subprocesses on one namespace and database.
 
-`Cluster` starts `python -m fanflow.cli worker|aggregator` processes (kill and restart them
+`Cluster` starts `python -m fanflow_services.cli worker|aggregator` processes (kill and restart them
 at will), registers apps from YAML files, starts runs the way the trigger does (`RunDriver`
 then `OutboxRelay`), and waits for runs to end: on the `workflow_finished` event, with a
 store poll as the fallback (events are not persistent; an aggregator crash may delay one).
@@ -135,7 +135,7 @@ class Cluster:
         log_path = self.log_dir / f"{self.namespace}-{name}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "fanflow.cli", role],
+                [sys.executable, "-m", "fanflow_services.cli", role],
                 env=self._environment(extra_env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

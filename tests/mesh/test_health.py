@@ -15,7 +15,7 @@ from tests.mesh.conftest import MakeCluster
 
 def health(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fanflow.cli", "health", str(path)],
+        [sys.executable, "-m", "fanflow_services.cli", "health", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

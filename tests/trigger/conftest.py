@@ -1,7 +1,7 @@
 """Trigger fixtures: a real uvicorn server on a free port, over real RabbitMQ and a SQLite file.
 
 Every test gets its own namespace (queues, exchanges) and database; both are removed after
-it. `mesh` adds real worker and aggregator processes (`python -m fanflow.cli worker|...`)
+it. `mesh` adds real worker and aggregator processes (`python -m fanflow_services.cli worker|...`)
 on the same namespace and database, so runs go all the way through.
 """
 

@@ -19,7 +19,7 @@ import pytest
 from fanflow.settings import Settings
 from tests.trigger.conftest import ADMIN_TOKEN, HELLO, delete_topology, settings_for
 
-CLI = [sys.executable, "-m", "fanflow.cli"]
+CLI = [sys.executable, "-m", "fanflow_services.cli"]
 
 
 def _free_port() -> int:

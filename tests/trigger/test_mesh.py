@@ -1,6 +1,6 @@
 """Runs all the way through: trigger (uvicorn) → RabbitMQ → worker and aggregator processes.
 
-The worker and aggregator are the real services, started as `python -m fanflow.cli ...`
+The worker and aggregator are the real services, started as `python -m fanflow_services.cli ...`
 subprocesses on the test's namespace and SQLite database.
 """
 
