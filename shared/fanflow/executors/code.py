@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from fanflow.context import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.errors import NodeError
-from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.messages import NodeTask
 from fanflow.nodes.outputs import check_code_outputs
 from fanflow.sandbox.process import run_python

@@ -32,7 +32,7 @@ from contextlib import asynccontextmanager, contextmanager
 
 import httpx
 
-from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label
+from fanflow.context import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.executors.http_build import (
     MAX_CONNECT_TIMEOUT_S,
     MAX_READ_TIMEOUT_S,

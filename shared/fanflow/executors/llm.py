@@ -14,8 +14,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from fanflow.context import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.errors import NodeError
-from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.llm.client import Completion, format_failure
 from fanflow.llm.invoke import invoke
 from fanflow.llm.params import json_schema_format

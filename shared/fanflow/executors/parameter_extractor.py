@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label
+from fanflow.context import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.llm.extraction import (
     check_result,
     coerce_result,

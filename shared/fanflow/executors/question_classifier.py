@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from functools import partial
 
+from fanflow.context import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.errors import NodeError
-from fanflow.executors.base import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.llm.classification import Category, categories_of, choose, classifier_messages
 from fanflow.llm.client import Completion, format_failure
 from fanflow.llm.invoke import ModelConfig, invoke

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from fanflow.executors.base import ExecutionContext
+from fanflow.context import ExecutionContext
 from fanflow.http_pool import DEFAULT_MAX_CONNECTIONS, HttpPool
 from fanflow.llm.providers import Providers
 from fanflow.nodes.outputs import CodeLimits

@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from fanflow.context import ExecutionContext, node_label
 from fanflow.errors import NodeError
-from fanflow.executors.base import ExecutionContext, node_label
 from fanflow.llm.client import Completion, chat
 from fanflow.llm.params import completion_params
 from fanflow.llm.providers import (
