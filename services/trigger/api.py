@@ -21,15 +21,15 @@ from fanflow.errors import InputsInvalid
 from fanflow.mesh.driver import FINISHED, Envelope
 from fanflow.runtime import RunRequest
 from fanflow.scheduler import StopRequested
-from fanflow.scheduler.state import FINISHED_STATUSES, RUNNING
 from fanflow.store import AppRecord, RunRecord
+from fanflow.vocabulary import FINISHED_STATUSES, RunStatus
 
 log = logging.getLogger("fanflow.trigger")
 router = APIRouter(prefix="/v1", tags=["Service API"])
 
 #: keep-alive comment interval of an SSE stream (Dify: 10 s)
 PING_INTERVAL_S = 10.0
-_LOG_STATUSES = frozenset({RUNNING, *FINISHED_STATUSES})
+_LOG_STATUSES = frozenset({RunStatus.RUNNING, *FINISHED_STATUSES})
 
 TriggerDep = Annotated[Trigger, Depends(get_trigger)]
 

@@ -16,6 +16,7 @@ import typer
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 from fanflow.errors import InputsInvalid, WorkflowInvalid  # noqa: E402
+from fanflow.vocabulary import SUCCESS_STATUSES  # noqa: E402
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -180,7 +181,7 @@ def run(
         raise typer.Exit(EXIT_INVALID) from None
     payload = result.as_dict() if as_json else result.outputs
     sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
-    if result.status not in ("succeeded", "partial-succeeded"):
+    if result.status not in SUCCESS_STATUSES:
         _stderr().print(f"run {result.status}: {result.error}", highlight=False, markup=False)
         raise typer.Exit(EXIT_FAILED)
 

@@ -37,10 +37,11 @@ from fanflow.scheduler import (
     load_state,
 )
 from fanflow.store import AppRecord, OutboxMessage, RunTransaction, Store
+from fanflow.vocabulary import FINISHED_STATUSES, OutboxKind
 from fanflow.workflow import Workflow
 
-KIND_TASK, KIND_EVENT, KIND_CONTROL = "task", "event", "control"
-FINISHED = frozenset({"succeeded", "partial-succeeded", "failed", "stopped"})
+KIND_TASK, KIND_EVENT, KIND_CONTROL = OutboxKind.TASK, OutboxKind.EVENT, OutboxKind.CONTROL
+FINISHED = FINISHED_STATUSES
 #: events written to the outbox (published even if this process dies right after commit):
 #: the ones blocking calls and streams need to end. Every other event is progress, published
 #: after commit without a row, lost on a crash (README: "Durable and best-effort events").

@@ -12,20 +12,20 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from fanflow.errors import DecodeError
+from fanflow.vocabulary import FINISHED_STATUSES, NodeStatus, RunStatus
 
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-PARTIAL = "partial-succeeded"
-FAILED = "failed"
-STOPPED = "stopped"
-FINISHED_STATUSES = frozenset({SUCCEEDED, PARTIAL, FAILED, STOPPED})
+# short names of `fanflow.vocabulary`'s statuses, as the scheduler's modules use them
+RUNNING = RunStatus.RUNNING
+SUCCEEDED = RunStatus.SUCCEEDED
+PARTIAL = RunStatus.PARTIAL_SUCCEEDED
+FAILED = RunStatus.FAILED
+STOPPED = RunStatus.STOPPED
 
-# Node statuses (as Dify names them; "exception" = failed but handled by its error strategy).
-NODE_RUNNING = "running"
-NODE_SUCCEEDED = "succeeded"
-NODE_EXCEPTION = "exception"
-NODE_FAILED = "failed"
-NODE_SKIPPED = "skipped"
+NODE_RUNNING = NodeStatus.RUNNING
+NODE_SUCCEEDED = NodeStatus.SUCCEEDED
+NODE_EXCEPTION = NodeStatus.EXCEPTION
+NODE_FAILED = NodeStatus.FAILED
+NODE_SKIPPED = NodeStatus.SKIPPED
 NODE_DONE = frozenset({NODE_SUCCEEDED, NODE_EXCEPTION, NODE_FAILED, NODE_SKIPPED})
 
 TAKEN = "taken"
