@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -95,18 +94,6 @@ class AmqpBroker(Publisher):
         self._consumers: list[Consumer] = []
         self._subscriptions: list[Subscription[Any]] = []
         self._delay_queues: set[str] = set()
-
-    async def __aenter__(self) -> AmqpBroker:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def connect(self) -> None:
         try:

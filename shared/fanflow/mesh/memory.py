@@ -20,7 +20,6 @@ import logging
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Any, TypeVar
 
 from fanflow.mesh.memory_consumers import (
@@ -80,18 +79,6 @@ class MemoryBroker(Publisher):
         self._delay_queues: set[str] = set()
         self._connected = False
         self._serial = 0
-
-    async def __aenter__(self) -> MemoryBroker:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def connect(self) -> None:
         self._connected = True

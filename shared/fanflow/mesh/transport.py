@@ -16,7 +16,8 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 from fanflow.errors import DecodeError, FanflowError
 from fanflow.mesh.topology import Topology
@@ -199,9 +200,28 @@ async def take_batch(
 
 
 class Publisher:
-    """The typed publishes every broker offers, on top of its `publish_raw`."""
+    """What every broker shares: `async with` (connect, then close) and the typed publishes
+    on top of its `publish_raw`."""
 
     topology: Topology
+
+    async def connect(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
     async def publish_raw(
         self,
