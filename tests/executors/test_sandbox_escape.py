@@ -174,27 +174,25 @@ async def test_a_fork_bomb_is_bounded_and_cleaned_up(sandbox: SandboxPool) -> No
 
 async def test_memory_is_bounded_in_aggregate() -> None:
     # 6 processes of 150 MB each fit the per-process limit (200 MB) but not the aggregate
-    # (the memory cgroup of 200 + 16 + 64 MB): the kernel kills what goes over
+    # (the memory cgroup of 200 + 16 + 64 MB): the kernel kills what goes over. A child
+    # that filled its block may be killed later for a newer one, so what is bounded is how
+    # many hold their block at once: the children still alive at the end.
     code = (
         "import os, time\n"
         "def main():\n"
-        "    r, w = os.pipe()\n"
+        "    pids = []\n"
         "    for _ in range(6):\n"
-        "        if os.fork() == 0:\n"
+        "        pid = os.fork()\n"
+        "        if pid == 0:\n"
         "            block = bytearray(150 * 1024 * 1024)\n"
         "            for i in range(0, len(block), 4096):\n"
         "                block[i] = 1\n"
-        "            os.write(w, b'x')\n"
         "            time.sleep(30)\n"
         "            os._exit(0)\n"
-        "    os.close(w)\n"
+        "        pids.append(pid)\n"
         "    time.sleep(3)\n"
-        "    os.set_blocking(r, False)\n"
-        "    try:\n"
-        "        done = len(os.read(r, 64))\n"
-        "    except BlockingIOError:\n"
-        "        done = 0\n"
-        "    return {'done': done}\n"
+        "    alive = sum(1 for pid in pids if os.waitpid(pid, os.WNOHANG) == (0, 0))\n"
+        "    return {'alive': alive}\n"
     )
     with SandboxPool(size=1, memory_mb=200, tmp_mb=16) as pool:
         try:
@@ -203,7 +201,7 @@ async def test_memory_is_bounded_in_aggregate() -> None:
             assert exc.error_type in ("CodeExecutionError", "SandboxError"), exc
         else:
             assert isinstance(result, dict)
-            assert result["done"] * 150 <= 200 + 16 + 64
+            assert result["alive"] * 150 <= 200 + 16 + 64, result
 
 
 async def test_the_tmp_disk_is_bounded(sandbox: SandboxPool) -> None:
