@@ -45,7 +45,7 @@ def worker(
 
     settings = _settings()
     classes = [q.strip() for q in (queues or settings.worker_queues).split(",") if q.strip()]
-    run_worker(settings, queues=classes, prefetch=prefetch or settings.worker_prefetch)
+    run_worker(settings, queues=classes, prefetch=prefetch)
 
 
 @app.command()

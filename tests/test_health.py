@@ -73,3 +73,10 @@ async def test_a_hung_check_counts_as_failing(tmp_path: Path, monkeypatch) -> No
     problems = await beat.beat()
     assert problems["consumers"] == "no answer within 0.05 s"
     assert not read_heartbeat(tmp_path / "hb.json").healthy
+
+
+def test_a_heartbeat_without_a_time_is_unreadable(tmp_path: Path) -> None:
+    path = tmp_path / "hb.json"
+    path.write_text(json.dumps({"component": "worker", "at": "soon", "ok": True}), "utf-8")
+    report = read_heartbeat(path)
+    assert not report.healthy and "unreadable heartbeat" in report.message

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from fanflow.errors import DecodeError
 from fanflow.health import start_heartbeat
 from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
-from fanflow.mesh.amqp import AmqpBroker, Delivery, Disposition
+from fanflow.mesh.amqp import AmqpBroker, BrokerError, Delivery, Disposition
 from fanflow.mesh.driver import Envelope, RunDriver
 from fanflow.mesh.relay import OutboxRelay
 from fanflow.messages import NodeTask, TaskResult
@@ -182,7 +182,12 @@ class Aggregator:
             return Disposition.REQUEUE
         RESULTS_APPLIED.labels("applied").inc(len(envelopes))
         if published.messages:  # rows, or best-effort events only
-            await self.relay.publish(published)
+            try:
+                await self.relay.publish(published)
+            except BrokerError as exc:
+                # committed: the rows stay in the outbox and the sweep publishes them; the
+                # results must not be applied again
+                log.warning("publishing run %s's step failed, left to the sweep: %s", run_id, exc)
         return Disposition.ACK
 
     async def _app_of(self, run_id: str) -> AppRecord | None:

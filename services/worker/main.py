@@ -111,12 +111,15 @@ class Worker:
                 ",".join(self.queues),
                 ",".join(f"{cls}={n}" for cls, n in self.prefetch.items()),
             )
-            await stop.wait()
+            try:
+                await stop.wait()
+            finally:
+                # a draining worker is not healthy: it takes no new tasks
+                if heartbeat is not None:
+                    heartbeat.cancel()
+                listener.cancel()
             log.info("draining in-flight tasks")
             await broker.drain(timeout_s=self.settings.drain_timeout_s)
-            listener.cancel()
-            if heartbeat is not None:
-                heartbeat.cancel()
 
     async def _listen(self, control) -> None:  # type: ignore[no-untyped-def]
         async for message in control:

@@ -16,6 +16,7 @@ import typer
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 from fanflow.errors import InputsInvalid, WorkflowInvalid  # noqa: E402
+from fanflow.health import DEFAULT_MAX_AGE_S  # noqa: E402
 from fanflow.vocabulary import SUCCESS_STATUSES  # noqa: E402
 
 if TYPE_CHECKING:
@@ -222,7 +223,7 @@ def health(
     file: Annotated[Path, typer.Argument(help="The heartbeat file (FANFLOW_HEALTH_FILE).")],
     max_age_s: Annotated[
         float, typer.Option("--max-age", help="Older than this many seconds: unhealthy.")
-    ] = 30.0,
+    ] = DEFAULT_MAX_AGE_S,
 ) -> None:
     """Is the worker or aggregator writing FILE doing its work? Exit 0 healthy, 1 not."""
     from fanflow.health import read_heartbeat

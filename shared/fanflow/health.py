@@ -102,7 +102,10 @@ def read_heartbeat(path: Path, *, max_age_s: float = DEFAULT_MAX_AGE_S) -> Healt
     if not isinstance(record, dict):
         return HealthReport(False, f"unreadable heartbeat at {path}: not a JSON object")
     component = record.get("component", "service")
-    age_s = time.time() - float(record.get("at", 0))
+    at = record.get("at")
+    if not isinstance(at, int | float):
+        return HealthReport(False, f"unreadable heartbeat at {path}: no time of its beat")
+    age_s = time.time() - float(at)
     if age_s > max_age_s:
         return HealthReport(
             False, f"{component}: last heartbeat {age_s:.0f} s ago (limit {max_age_s:g} s)"

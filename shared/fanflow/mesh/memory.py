@@ -70,7 +70,7 @@ class MemoryBroker(Publisher):
     def __init__(self, *, topology: Topology | None = None) -> None:
         self.topology = topology or Topology()
         self._queues: dict[str, _Queue] = {}
-        #: exchange -> (type, [(queue or subscription, routing key)])
+        #: exchange -> its type; exchange -> [(queue or subscription, routing key)]
         self._exchanges: dict[str, str] = {}
         self._bindings: dict[str, list[tuple[str, str]]] = {}
         self._subscriptions: dict[str, MemorySubscription[Any]] = {}

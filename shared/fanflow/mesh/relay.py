@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from fanflow.mesh.amqp import EVENT_BATCH, AmqpBroker, BrokerError, Publish, batch_body
 from fanflow.mesh.driver import KIND_CONTROL, KIND_EVENT, KIND_TASK, Committed
+from fanflow.mesh.topology import Topology
 from fanflow.store import OutboxMessage, Store
 
 log = logging.getLogger(__name__)
@@ -169,4 +170,4 @@ class OutboxRelay:
 
 
 def _run_of(message: OutboxMessage) -> str:
-    return message.routing.split(".", 2)[1]
+    return Topology.parse_event_key(message.routing)[0]
