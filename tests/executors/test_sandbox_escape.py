@@ -7,6 +7,7 @@ repository and the library's source are on disk, the test runs as root.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -264,3 +265,20 @@ async def test_a_10000_item_list_passes_with_raised_limits(sandbox: SandboxPool)
     result = await execute_task(task, raised)
     assert result.status == "succeeded", result.error
     assert len(result.outputs["names"]) == 10_000
+
+
+def test_a_tampered_path_cache_binds_nothing_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cached list of read-only paths is used only when it holds nothing the scan could
+    not have produced: a planted /etc/shadow makes the sandbox scan again."""
+    from fanflow.sandbox import isolation
+
+    cache = tmp_path / "sandbox-paths.json"
+    monkeypatch.setattr(isolation, "_cache_file", lambda: cache)
+    scanned = isolation._readonly_paths.__wrapped__()
+    assert json.loads(cache.read_text())["paths"] == list(scanned)
+    record = json.loads(cache.read_text())
+    cache.write_text(json.dumps({**record, "paths": [*record["paths"], "/etc/shadow"]}))
+    again = isolation._readonly_paths.__wrapped__()
+    assert "/etc/shadow" not in again and again == scanned

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -56,11 +57,20 @@ def environment(tmp: str) -> dict[str, str]:
 
 @functools.cache
 def _readonly_paths() -> tuple[str, ...]:
-    """The interpreter, its stdlib and every shared library they load (from `ldd`)."""
+    """The interpreter, its stdlib and every shared library they load (from `ldd`).
+
+    Scanning the stdlib's extension modules with `ldd` costs ~0.3 s, so the list is kept in
+    a per-user cache file keyed by the interpreter and its `lib-dynload` directory; a cached
+    list is used only if every entry is one of those directories or a shared library."""
     python = interpreter()
     stdlib = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})
-    paths = {python, stdlib["stdlib"], stdlib["platstdlib"]}
     dynload = Path(stdlib["platstdlib"]) / "lib-dynload"
+    directories = {stdlib["stdlib"], stdlib["platstdlib"], "/usr/share/zoneinfo"}
+    key = _cache_key(python, dynload)
+    cached = _cached_paths(key, python, directories)
+    if cached is not None:
+        return cached
+    paths = {python, stdlib["stdlib"], stdlib["platstdlib"]}
     objects = [python, *map(str, dynload.glob("*.so"))]
     ldd = shutil.which("ldd")
     if ldd:
@@ -75,7 +85,54 @@ def _readonly_paths() -> tuple[str, ...]:
     if os.path.isdir("/usr/share/zoneinfo"):
         paths.add("/usr/share/zoneinfo")
     # no parent of another entry twice; sorted so parents are bound before children
-    return tuple(sorted(p for p in paths if os.path.exists(p)))
+    found = tuple(sorted(p for p in paths if os.path.exists(p)))
+    _store_paths(key, found)
+    return found
+
+
+def _cache_file() -> Path:
+    return Path.home() / ".cache" / "fanflow" / "sandbox-paths.json"
+
+
+def _cache_key(python: str, dynload: Path) -> str:
+    try:
+        stamps = (os.stat(python).st_mtime_ns, dynload.stat().st_mtime_ns)
+    except OSError:
+        return ""
+    return f"{os.path.realpath(python)}|{dynload}|{stamps[0]}|{stamps[1]}"
+
+
+def _cached_paths(key: str, python: str, directories: set[str]) -> tuple[str, ...] | None:
+    if not key:
+        return None
+    try:
+        record = json.loads(_cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("key") != key:
+        return None
+    paths = record.get("paths")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        return None
+
+    def allowed(path: str) -> bool:
+        # only what the scan itself can produce: no other file is ever bound from a cache
+        name = os.path.basename(path)
+        is_library = ".so" in name and os.path.isfile(path)
+        return (path in directories or path == python or is_library) and os.path.exists(path)
+
+    return tuple(paths) if all(allowed(p) for p in paths) else None
+
+
+def _store_paths(key: str, paths: tuple[str, ...]) -> None:
+    if not key:
+        return
+    target = _cache_file()
+    with contextlib.suppress(OSError):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}")
+        partial.write_text(json.dumps({"key": key, "paths": list(paths)}), encoding="utf-8")
+        os.replace(partial, target)
 
 
 def bwrap_command(config_json: str, child_source: str, *, tmp_mb: int) -> list[str]:
