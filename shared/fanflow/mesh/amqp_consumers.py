@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import aiormq
 from aio_pika.abc import (
@@ -29,6 +29,7 @@ from fanflow.mesh.transport import (
     Disposition,
     Event,
     Handler,
+    ItemStream,
     handle_batch,
     handle_one,
     json_object,
@@ -238,38 +239,20 @@ class BatchConsumer(Consumer):
                 return
 
 
-class Subscription(Generic[T]):
+class Subscription(ItemStream[T]):
     """An async iterator over a private, auto-deleted queue (no acks: losing one on a
     crash is fine, the queue goes with its process)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.queue: AbstractQueue | None = None
         self.exchange = ""
-        self._items: asyncio.Queue[T | None] = asyncio.Queue()
-        self._finished = False
-
-    def __aiter__(self) -> AsyncIterator[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        if self._finished and self._items.empty():
-            raise StopAsyncIteration
-        item = await self._items.get()
-        if item is None:
-            self._finished = True
-            raise StopAsyncIteration
-        return item
 
     async def close(self) -> None:
         """End the iteration and delete the private queue."""
         if self.queue is not None and not self.queue.channel.is_closed:
             await self.queue.channel.close()
         self.finish()
-
-    def finish(self) -> None:
-        if not self._finished:
-            self._finished = True
-            self._items.put_nowait(None)
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         try:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fanflow.mesh.transport import (
     BatchHandler,
@@ -18,6 +18,7 @@ from fanflow.mesh.transport import (
     Disposition,
     Event,
     Handler,
+    ItemStream,
     handle_batch,
     handle_one,
     json_object,
@@ -194,26 +195,13 @@ class BatchMemoryConsumer(MemoryConsumer):
                 return
 
 
-class MemorySubscription(Generic[T]):
+class MemorySubscription(ItemStream[T]):
     """An async iterator over a private queue, no acks (as `AmqpBroker`'s)."""
 
     def __init__(self, broker: MemoryBroker, name: str) -> None:
+        super().__init__()
         self.broker = broker
         self.name = name
-        self._items: asyncio.Queue[T | None] = asyncio.Queue()
-        self._finished = False
-
-    def __aiter__(self) -> AsyncIterator[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        if self._finished and self._items.empty():
-            raise StopAsyncIteration
-        item = await self._items.get()
-        if item is None:
-            self._finished = True
-            raise StopAsyncIteration
-        return item
 
     def offer(self, message: MemoryMessage) -> None:
         if self._finished:
@@ -234,11 +222,6 @@ class MemorySubscription(Generic[T]):
         for bindings in self.broker._bindings.values():
             bindings[:] = [b for b in bindings if b[0] != self.name]
         self.finish()
-
-    def finish(self) -> None:
-        if not self._finished:
-            self._finished = True
-            self._items.put_nowait(None)
 
 
 class MemoryEventSubscription(MemorySubscription[Event]):

@@ -14,10 +14,10 @@ import asyncio
 import enum
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from fanflow.errors import DecodeError, FanflowError
 from fanflow.mesh.topology import Topology
@@ -197,6 +197,32 @@ async def take_batch(
             return batch, True
         batch.append(item)
     return batch, False
+
+
+class ItemStream(Generic[T]):
+    """What a subscription hands out: an async iterator over items put in by the broker,
+    ended by `finish()` (both brokers' subscriptions build on it)."""
+
+    def __init__(self) -> None:
+        self._items: asyncio.Queue[T | None] = asyncio.Queue()
+        self._finished = False
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._finished and self._items.empty():
+            raise StopAsyncIteration
+        item = await self._items.get()
+        if item is None:
+            self._finished = True
+            raise StopAsyncIteration
+        return item
+
+    def finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._items.put_nowait(None)
 
 
 class Publisher:
