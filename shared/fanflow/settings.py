@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     drain_timeout_s: float = 30.0
 
     # ---- worker prefetch per class: a class's concurrency in one worker process ----
-    #: unset: FANFLOW_WORKER_PREFETCH if set, else the class's default (services/worker:
+    #: unset: FANFLOW_WORKER_PREFETCH if set, else the class's default (fanflow.mesh.prefetch:
     #: llm and http 64 — they wait on I/O —, tool 16, code the number of CPUs)
     worker_prefetch_llm: int | None = Field(default=None, ge=1)
     worker_prefetch_http: int | None = Field(default=None, ge=1)

@@ -7,9 +7,9 @@ import logging
 import time
 from collections.abc import Sequence
 
-from fanflow.mesh.amqp import EVENT_BATCH, AmqpBroker, BrokerError, Publish, batch_body
 from fanflow.mesh.driver import KIND_CONTROL, KIND_EVENT, KIND_TASK, Committed
 from fanflow.mesh.topology import Topology
+from fanflow.mesh.transport import EVENT_BATCH, Broker, BrokerError, Publish, batch_body
 from fanflow.store import OutboxMessage, Store
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class OutboxRelay:
     #: a recovery sweep leaves rows younger than this to the process that wrote them
     SWEEP_GRACE_S = 10.0
 
-    def __init__(self, store: Store, broker: AmqpBroker, *, batch: int = 500) -> None:
+    def __init__(self, store: Store, broker: Broker, *, batch: int = 500) -> None:
         self.store = store
         self.broker = broker
         self.batch = batch
