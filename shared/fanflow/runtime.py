@@ -30,9 +30,9 @@ class RunSetup:
 
     inputs: dict[str, Any]
     system: dict[str, Any]
-    environment: dict[str, Any]
-    conversation: dict[str, Any]
-    conversation_types: dict[str, str]
+    environment: dict[str, Any] = field(default_factory=dict)
+    conversation: dict[str, Any] = field(default_factory=dict)
+    conversation_types: dict[str, str] = field(default_factory=dict)
 
 
 def prepare_run(
