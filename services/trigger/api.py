@@ -12,6 +12,7 @@ from fanflow_services.trigger import payloads
 from fanflow_services.trigger.bodies import read_json_object
 from fanflow_services.trigger.context import Trigger, get_trigger
 from fanflow_services.trigger.errors import ApiError, invalid_param, not_found, unauthorized
+from fanflow_services.trigger.json_guard import storable, text_error
 from fanflow_services.trigger.streams import RECHECK_S, RunWatch, Shutdown
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -21,7 +22,7 @@ from fanflow.errors import InputsInvalid
 from fanflow.mesh.driver import FINISHED, Envelope
 from fanflow.runtime import RunRequest
 from fanflow.scheduler import StopRequested
-from fanflow.store import AppRecord, RunRecord
+from fanflow.store import AppBusy, AppRecord, RunRecord
 from fanflow.vocabulary import FINISHED_STATUSES, RunStatus
 
 log = logging.getLogger("fanflow.trigger")
@@ -68,7 +69,18 @@ def _parse_run_body(raw: dict[str, Any]) -> RunBody:
         raise invalid_param(f"{field}: {first['msg']}") from None
 
 
+def _too_many_runs(max_running: int) -> ApiError:
+    return ApiError(
+        429,
+        "too_many_requests",
+        f"Too many requests: the app has {max_running} run(s) in progress already. "
+        "Please try again later.",
+    )
+
+
 async def _own_run(trigger: Trigger, app: AppRecord, run_id: str) -> RunRecord:
+    if not storable(run_id):  # no run id holds a NUL or a lone surrogate
+        raise not_found("Workflow run not found.")
     run: RunRecord | None = await trigger.store.get_run(run_id)
     if run is None or run.app_id != app.id:
         raise not_found("Workflow run not found.")
@@ -91,13 +103,10 @@ async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> An
     settings = trigger.settings
     if trigger.events.shutting_down:
         raise ApiError(503, "service_unavailable", "the trigger is shutting down; retry")
-    if await trigger.store.count_running(app.id) >= settings.app_max_active_runs:
-        raise ApiError(
-            429,
-            "too_many_requests",
-            f"Too many requests: the app has {settings.app_max_active_runs} run(s) in progress "
-            "already. Please try again later.",
-        )
+    max_running = settings.app_max_active_runs
+    # a cheap early answer; the count that decides is atomic with the run's creation
+    if await trigger.store.count_running(app.id) >= max_running:
+        raise _too_many_runs(max_running)
     body = _parse_run_body(await read_json_object(request, trigger.max_request_bytes))
     run_id = str(uuid.uuid4())
     streaming = body.response_mode == "streaming"
@@ -108,10 +117,14 @@ async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> An
             app,
             run_id,
             RunRequest(inputs=body.inputs, user=body.user, files=tuple(body.files or ())),
+            max_running=max_running,
         )
     except InputsInvalid as exc:
         watch.close()
         raise invalid_param(str(exc)) from None
+    except AppBusy:
+        watch.close()
+        raise _too_many_runs(max_running) from None
     except BaseException:
         watch.close()
         raise
@@ -227,6 +240,9 @@ async def workflow_logs(
     """The app's runs, newest first; `keyword` matches run id, user, inputs and outputs."""
     if status is not None and status not in _LOG_STATUSES:
         raise invalid_param(f"status: expected one of {', '.join(sorted(_LOG_STATUSES))}")
+    bad_keyword = text_error(keyword, where="keyword")
+    if bad_keyword is not None:
+        raise invalid_param(bad_keyword)
     runs, total = await trigger.store.list_runs(
         app.id, status=status, keyword=keyword or None, page=page, limit=limit
     )
