@@ -5,7 +5,6 @@ With no admin token configured the admin API is off: every call answers 403.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from typing import Annotated, Any
 
@@ -15,7 +14,6 @@ from fanflow_services.trigger.errors import ApiError, invalid_param, unauthorize
 from fanflow_services.trigger.json_guard import text_error
 from fastapi import APIRouter, Depends, Request
 
-from fanflow.dsl.load import load_workflow
 from fanflow.errors import WorkflowInvalid
 
 router = APIRouter(prefix="/admin", tags=["Admin"])
@@ -90,10 +88,8 @@ async def import_app(request: Request, trigger: TriggerDep) -> dict[str, Any]:
     limits = trigger.settings.dsl_limits()
     text = await _dsl_text(request, limits.max_bytes)
     try:
-        # parsing and validating a large graph takes a while: never on the event loop
-        workflow = await asyncio.to_thread(
-            load_workflow, "the workflow file", text=text, limits=limits
-        )
+        # parsing and validating a large file takes a while: in the helper process
+        workflow = await trigger.imports.check(text, limits, label="the workflow file")
     except WorkflowInvalid as exc:
         raise ApiError(
             400, "invalid_param", str(exc), problems=[str(p) for p in exc.problems]
