@@ -108,6 +108,9 @@ async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> An
     if await trigger.store.count_running(app.id) >= max_running:
         raise _too_many_runs(max_running)
     body = _parse_run_body(await read_json_object(request, trigger.max_request_bytes))
+    if app.id not in trigger.driver.workflows:
+        # an app's first run here parses its DSL (seconds for a large one): not on the loop
+        await asyncio.to_thread(trigger.driver.workflows.get, app)
     run_id = str(uuid.uuid4())
     streaming = body.response_mode == "streaming"
     # bound before the run starts: its first events are published by this very request

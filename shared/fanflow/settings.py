@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     dsl_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     dsl_max_nodes: int = Field(default=2_000, ge=1)
     dsl_max_edges: int = Field(default=10_000, ge=1)
+    dsl_max_values: int = Field(default=250_000, ge=1)
 
     # ---- worker ----
     worker_queues: str = "llm,http,code"
@@ -179,6 +180,7 @@ class Settings(BaseSettings):
             max_bytes=self.dsl_max_bytes,
             max_nodes=self.dsl_max_nodes,
             max_edges=self.dsl_max_edges,
+            max_values=self.dsl_max_values,
         )
 
     def limits(self) -> Limits:

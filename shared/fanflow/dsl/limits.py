@@ -24,6 +24,10 @@ class DslLimits:
     max_nodes: int = 2_000
     #: edges of the graph (FANFLOW_DSL_MAX_EDGES)
     max_edges: int = 10_000
+    #: values (scalars, lists, mappings) in the YAML document with its aliases expanded,
+    #: counted while parsing: a huge graph is refused before it is all read
+    #: (FANFLOW_DSL_MAX_VALUES; the largest Dify export seen holds ~4,000)
+    max_values: int = 250_000
 
     def text_problem(self, text: str) -> Problem | None:
         """Why the document is too large, or None."""

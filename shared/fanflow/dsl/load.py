@@ -104,7 +104,11 @@ def _parse(
     text: str, *, label: str | None, limits: DslLimits | None = None
 ) -> tuple[Workflow | None, list[Problem]]:
     try:
-        document = load_bounded(text)
+        document = (
+            load_bounded(text)
+            if limits is None
+            else load_bounded(text, max_nodes=limits.max_values)
+        )
     except yaml.YAMLError as exc:
         return None, [Problem(f"not valid YAML: {exc}")]
     if not isinstance(document, Mapping):

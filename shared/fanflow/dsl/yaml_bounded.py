@@ -108,7 +108,8 @@ class _BoundedComposer(Composer):
         if self._nodes > self._max_nodes:
             raise YamlRefused(
                 f"{where}: the document holds more than {self._max_nodes} values once its "
-                "aliases are expanded (an alias bomb?)"
+                "aliases are expanded (an alias bomb, or a graph too large; "
+                "FANFLOW_DSL_MAX_VALUES)"
             )
 
 

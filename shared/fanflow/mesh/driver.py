@@ -96,6 +96,9 @@ class WorkflowCache:
     def __init__(self) -> None:
         self._by_app: dict[str, Workflow] = {}
 
+    def __contains__(self, app_id: object) -> bool:
+        return app_id in self._by_app
+
     def get(self, app: AppRecord) -> Workflow:
         workflow = self._by_app.get(app.id)
         if workflow is None:
