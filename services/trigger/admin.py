@@ -10,13 +10,18 @@ from typing import Annotated, Any
 
 from fanflow_services.trigger.bodies import parse_json_object, read_body
 from fanflow_services.trigger.context import Trigger, get_trigger
-from fanflow_services.trigger.errors import ApiError, invalid_param, unauthorized
+from fanflow_services.trigger.errors import (
+    ApiError,
+    error_responses,
+    invalid_param,
+    unauthorized,
+)
 from fanflow_services.trigger.json_guard import text_error
 from fastapi import APIRouter, Depends, Request
 
 from fanflow.errors import WorkflowInvalid
 
-router = APIRouter(prefix="/admin", tags=["Admin"])
+router = APIRouter(prefix="/admin", tags=["Admin"], responses=error_responses(400, 401, 403, 413))
 #: the longest app name the store keeps
 MAX_APP_NAME = 255
 

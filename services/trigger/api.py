@@ -11,7 +11,13 @@ from typing import Annotated, Any, Literal
 from fanflow_services.trigger import payloads
 from fanflow_services.trigger.bodies import read_json_object
 from fanflow_services.trigger.context import Trigger, get_trigger
-from fanflow_services.trigger.errors import ApiError, invalid_param, not_found, unauthorized
+from fanflow_services.trigger.errors import (
+    ApiError,
+    error_responses,
+    invalid_param,
+    not_found,
+    unauthorized,
+)
 from fanflow_services.trigger.json_guard import storable, text_error
 from fanflow_services.trigger.streams import RECHECK_S, RunWatch, Shutdown
 from fastapi import APIRouter, Depends, Query, Request
@@ -26,7 +32,9 @@ from fanflow.store import AppBusy, AppRecord, RunRecord
 from fanflow.vocabulary import FINISHED_STATUSES, RunStatus
 
 log = logging.getLogger("fanflow.trigger")
-router = APIRouter(prefix="/v1", tags=["Service API"])
+router = APIRouter(
+    prefix="/v1", tags=["Service API"], responses=error_responses(400, 401, 404, 413, 429, 503)
+)
 
 #: keep-alive comment interval of an SSE stream (Dify: 10 s)
 PING_INTERVAL_S = 10.0
@@ -93,7 +101,17 @@ def _json_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": schema}}
 
 
-@router.post("/workflows/run", summary="Run Workflow", openapi_extra=_json_body(RunBody))
+@router.post(
+    "/workflows/run",
+    summary="Run Workflow",
+    openapi_extra=_json_body(RunBody),
+    responses={
+        200: {
+            "description": "`blocking`: the finished run; `streaming`: its events (SSE)",
+            "content": {"application/json": {}, "text/event-stream": {}},
+        }
+    },
+)
 async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> Any:
     """Start a run; answer when it ends (`blocking`) or stream its events (`streaming`).
 

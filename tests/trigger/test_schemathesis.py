@@ -113,7 +113,7 @@ def _schemathesis(
         "--header",
         f"Authorization: Bearer {token}",
         "--checks",
-        "not_a_server_error",
+        "not_a_server_error,status_code_conformance,content_type_conformance",
         "--include-path-regex",
         f"^({include})",
         "--max-examples",
