@@ -153,6 +153,7 @@ async def test_a_batch_of_hostile_bodies_is_fast_and_does_not_grow_the_process(
     before = rss_mb()
     slowest = await http_batch(server, bodies, headers, rounds=10)
     grown = rss_mb() - before
+    print(f"slowest hostile request {slowest:.3f} s, RSS growth {grown:.1f} MB")
     assert slowest < 1.0, f"slowest bad request took {slowest:.2f} s"
     assert grown < 50, f"the process grew {grown:.0f} MB over 40 hostile requests"
 
