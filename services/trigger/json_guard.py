@@ -22,13 +22,14 @@ MAX_JSON_DEPTH = 64
 # skipped, they cannot nest. Possessive quantifiers keep the scan linear.
 _TOKENS = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{},:]')
 _OPENERS = frozenset(b"[{")
+_SHOWN_PARTS = 6
 
 
 def _path(parts: list[str | int]) -> str:
     text = ""
     for part in parts:
         if isinstance(part, int):
-            text += f"[{part}]"
+            text = f"{text or 'body'}[{part}]"
         else:
             text += f".{part}" if text else part
     return text or "body"
@@ -46,7 +47,9 @@ def nesting_error(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> str | None:
         first = token[0]
         if first in _OPENERS:
             if len(stack) >= max_depth:
-                where = _path([part for _, part in stack if part is not None])
+                parts = [part for _, part in stack if part is not None]
+                # the field it is in, not 64 levels of indexes
+                where = _path(parts[:_SHOWN_PARTS]) + ("..." if len(parts) > _SHOWN_PARTS else "")
                 return f"{where}: nested deeper than {max_depth} levels of arrays and objects"
             stack.append([b"[", 0] if first == ord("[") else [b"{", None])
         elif first == ord("]") or first == ord("}"):
