@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ __all__ = ["ImportChecked", "ImportChecker"]
 
 #: the helper yields the CPU to the trigger: serving requests comes before an import
 _NICE = 10
+#: how often the helper checks that the trigger is still alive
+_WATCH_S = 1.0
 #: what the helper process imports before forking (the loader and everything it uses)
 _PRELOAD = ["fanflow.dsl.load"]
 
@@ -38,6 +42,22 @@ class ImportChecked:
 @dataclass(frozen=True)
 class _Refused:
     problems: tuple[str, ...]
+
+
+def _init_helper(trigger_pid: int) -> None:
+    os.nice(_NICE)
+
+    # the helper is the forkserver's child: if the trigger is killed outright (no
+    # shutdown), nothing tells the helper, so it watches the trigger and leaves with it
+    def watch() -> None:
+        while True:
+            time.sleep(_WATCH_S)
+            try:
+                os.kill(trigger_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="fanflow-import-watch", daemon=True).start()
 
 
 def _check(label: str, text: str, limits: DslLimits) -> ImportChecked | _Refused:
@@ -67,7 +87,7 @@ class ImportChecker:
             if "forkserver" in methods:
                 context.set_forkserver_preload(_PRELOAD)
             self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=context, initializer=os.nice, initargs=(_NICE,)
+                max_workers=1, mp_context=context, initializer=_init_helper, initargs=(os.getpid(),)
             )
         return self._pool
 
