@@ -6,11 +6,18 @@ the problem, and `/healthz` keeps answering while an import is parsed (off the e
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 import time
+import uuid
+from pathlib import Path
 
 import httpx
 
-from tests.trigger.conftest import ADMIN_TOKEN, HELLO, StartServer
+from tests.conftest import AMQP_URL, require_service
+from tests.trigger.conftest import ADMIN_TOKEN, HELLO, StartServer, delete_topology, settings_for
 
 YAML = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "text/yaml"}
 
@@ -136,3 +143,67 @@ async def test_healthz_answers_while_a_large_import_is_parsed(start_server: Star
     assert took > 0.5, f"the import took only {took:.2f} s: not a test of the event loop"
     assert len(timings) >= 5
     assert_fast(timings)
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_import_helper_leaves_with_a_killed_trigger(tmp_path: Path) -> None:
+    require_service(AMQP_URL, "RabbitMQ")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    namespace = f"fanflow-imp-{uuid.uuid4().hex[:10]}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FANFLOW_")},
+        "FANFLOW_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'k.db'}",
+        "FANFLOW_AMQP_URL": AMQP_URL,
+        "FANFLOW_NAMESPACE": namespace,
+        "FANFLOW_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    trigger = subprocess.Popen(
+        [sys.executable, "-m", "fanflow_services.cli", "trigger", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert trigger.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        imported = httpx.post(f"{url}/admin/apps", content=HELLO.read_bytes(), headers=YAML)
+        assert imported.status_code == 201, imported.text
+        helpers = _children(trigger.pid)
+        helpers |= {grandchild for child in helpers for grandchild in _children(child)}
+        assert len(helpers) >= 2, helpers  # the forkserver and its helper, at least
+    finally:
+        trigger.kill()
+        trigger.wait()
+        asyncio.run(delete_topology(settings_for(tmp_path, namespace=namespace)))
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in helpers if _alive(pid)], "helpers outlived the killed trigger"
