@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -425,3 +426,83 @@ def test_bad_parents_and_duplicate_ids() -> None:
         "container 'gone' does not exist at node o (Orphan)",
         "parent start (Start) is a 'start' node, not an iteration or loop at node m (M)",
     ]
+
+
+# ---- bounded YAML and size limits (hostile files) ----
+
+from fanflow.dsl import yaml_bounded  # noqa: E402
+from fanflow.dsl.limits import DslLimits  # noqa: E402
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_bounded_loader_reads_every_export_as_pyyaml_does(name: str) -> None:
+    text = (DATA / name).read_text(encoding="utf-8")
+    assert yaml_bounded.load_bounded(text) == yaml.safe_load(text)
+
+
+def _bomb(levels: int, width: int) -> str:
+    lines = ["kind: app", "app: {name: bomb, mode: workflow}", 'l0: &l0 ["lol"]']
+    for level in range(1, levels + 1):
+        lines.append(f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (_bomb(8, 10), "more than 1000000 values once its aliases are expanded"),
+        (_bomb(40, 2), "more than 1000000 values once its aliases are expanded"),
+        ("a: &a [1, *a]\n", "alias *a refers to itself"),
+        ("a: &a {b: {c: *a}}\n", "alias *a refers to itself"),
+        ("x: " + "[" * 100_000 + "]" * 100_000, "nested deeper than 100 levels"),
+        ("x: " + "{a: " * 5_000 + "1" + "}" * 5_000, "nested deeper than 100 levels"),
+        ('app: {name: "\\udc80"}\n', "lone surrogate (\\udc80)"),
+    ],
+)
+def test_hostile_yaml_is_refused_in_milliseconds(text: str, expected: str) -> None:
+    started = time.perf_counter()
+    with pytest.raises(WorkflowInvalid) as refused:
+        load_workflow("hostile.yml", text=text)
+    assert time.perf_counter() - started < 0.5
+    assert expected in str(refused.value)
+    assert "not valid YAML" in str(refused.value)
+
+
+def test_aliases_within_the_budget_still_load() -> None:
+    loaded = yaml_bounded.load_bounded(_bomb(3, 10) + "n: *l3\n")
+    assert len(loaded["n"]) == 10 and loaded["n"][0][0][0] == ["lol"]
+    with pytest.raises(yaml_bounded.YamlRefused, match="more than 1000 values"):
+        yaml_bounded.load_bounded(_bomb(3, 10), max_nodes=1000)
+
+
+def _graph(nodes: int, edges: int) -> str:
+    lines = ["kind: app", "version: 0.1.5", "app: {name: big, mode: workflow}", "workflow:"]
+    lines += ["  graph:", "    nodes:"]
+    lines += [f"      - {{id: n{i}, data: {{type: start, title: S}}}}" for i in range(nodes)]
+    lines.append("    edges:" if edges else "    edges: []")
+    lines += [f"      - {{source: n{i}, target: n{i + 1}}}" for i in range(edges)]
+    return "\n".join(lines) + "\n"
+
+
+def test_graph_and_file_sizes_are_refused_before_the_graph_is_built() -> None:
+    limits = DslLimits(max_bytes=100_000, max_nodes=10, max_edges=20)
+    with pytest.raises(WorkflowInvalid) as refused:
+        load_workflow("big.yml", text=_graph(11, 0), limits=limits)
+    assert refused.value.problems == [
+        Problem("graph.nodes: 11 nodes, over the limit of 10 (FANFLOW_DSL_MAX_NODES)")
+    ]
+    with pytest.raises(WorkflowInvalid, match=r"graph.edges: 21 edges, over the limit of 20"):
+        load_workflow("big.yml", text=_graph(2, 21), limits=limits)
+    with pytest.raises(
+        WorkflowInvalid, match=r"over the limit of 100000 \(FANFLOW_DSL_MAX_BYTES\)"
+    ):
+        load_workflow("big.yml", text="# " + "é" * 50_000, limits=limits)
+    # a 100,000-node graph is refused while it is parsed: nothing is built
+    started = time.perf_counter()
+    with pytest.raises(WorkflowInvalid, match="more than 250000 values"):
+        load_workflow("huge.yml", text=_graph(100_000, 0), limits=DslLimits(max_bytes=10**8))
+    assert time.perf_counter() - started < 10
+    # without limits (stored apps, `fanflow run`) only the YAML bounds apply
+    with pytest.raises(WorkflowInvalid) as other:
+        load_workflow("big.yml", text=_graph(11, 0))
+    assert not any("limit" in str(p) for p in other.value.problems)

@@ -16,6 +16,7 @@ from fanflow import defaults
 DEFAULT_DATABASE_URL = defaults.DATABASE_URL
 
 if TYPE_CHECKING:
+    from fanflow.dsl.limits import DslLimits
     from fanflow.mesh.topology import Topology
     from fanflow.scheduler import Limits
 
@@ -36,6 +37,12 @@ class Settings(BaseSettings):
     app_max_active_runs: int = 100
     #: how long a blocking /workflows/run waits before answering with the run so far
     blocking_timeout_s: float = defaults.MAX_RUN_SECONDS
+
+    # ---- workflow imports (fanflow.dsl.limits): larger files and graphs → 400 / 413 ----
+    dsl_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    dsl_max_nodes: int = Field(default=2_000, ge=1)
+    dsl_max_edges: int = Field(default=10_000, ge=1)
+    dsl_max_values: int = Field(default=250_000, ge=1)
 
     # ---- worker ----
     worker_queues: str = "llm,http,code"
@@ -164,6 +171,17 @@ class Settings(BaseSettings):
         from fanflow.mesh.topology import Topology
 
         return Topology(namespace=self.namespace, delivery_limit=self.delivery_limit)
+
+    def dsl_limits(self) -> DslLimits:
+        """The size limits of an imported workflow file and its graph."""
+        from fanflow.dsl.limits import DslLimits
+
+        return DslLimits(
+            max_bytes=self.dsl_max_bytes,
+            max_nodes=self.dsl_max_nodes,
+            max_edges=self.dsl_max_edges,
+            max_values=self.dsl_max_values,
+        )
 
     def limits(self) -> Limits:
         """Per-run limits: steps, deadline, and a task's time limit."""

@@ -37,6 +37,7 @@ _DEFAULT_CONTENT_TYPES = {
     "raw-text": "text/plain",
 }
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token
+_HEADER_VALUE_BREAK = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110: no CTL but HTAB
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def build_request(task: NodeTask, label: str) -> HttpRequest:
             f"{label}: Invalid http method {data.get('method')!r}", "InvalidHttpMethodError"
         )
     url = _url(render(str(data.get("url") or ""), lookup), _params(data, lookup), label)
-    headers = _headers(render(str(data.get("headers") or ""), lookup), label)
+    headers = _headers(str(data.get("headers") or ""), lookup, label)
     auth_header = _authorize(data.get("authorization"), headers, lookup, label)
     content = _body(data.get("body"), headers, lookup, label)
     return HttpRequest(
@@ -116,13 +117,30 @@ def _params(data: Mapping[str, Any], lookup: Lookup) -> list[tuple[str, str]]:
     ]
 
 
-def _headers(text: str, label: str) -> dict[str, str]:
+def _headers(template: str, lookup: Lookup, label: str) -> dict[str, str]:
+    # split the template first, then render each key and value on its own: a rendered
+    # value holding a line break must not become a header of its own
     headers: dict[str, str] = {}
-    for key, value in _lines(text):
+    for raw_key, raw_value in _lines(template):
+        key, value = render(raw_key, lookup).strip(), render(raw_value, lookup).strip()
+        if not key:
+            continue
         if not _HEADER_NAME.fullmatch(key):
             raise invalid(f"{label}: {key!r} is not a valid header name", "InvalidHeaderError")
+        _check_header_value(key, value, label)
         _set_header(headers, key, value)
     return headers
+
+
+def _check_header_value(name: str, value: str, label: str) -> None:
+    """A header value may not hold a line break or another control character but tab."""
+    bad = _HEADER_VALUE_BREAK.search(value)
+    if bad is not None:
+        raise invalid(
+            f"{label}: header {name!r}: its value contains {bad.group()!r} "
+            "(line breaks and control characters are not allowed in a header)",
+            "InvalidHeaderError",
+        )
 
 
 def _set_header(headers: dict[str, str], name: str, value: str) -> None:
@@ -161,6 +179,12 @@ def _authorize(raw: Any, headers: dict[str, str], lookup: Lookup, label: str) ->
             f"{label}: authorization.config.type must be basic, bearer or custom, got {kind!r}",
             "AuthorizationConfigError",
         )
+    if not _HEADER_NAME.fullmatch(header):
+        raise invalid(
+            f"{label}: authorization header {header!r} is not a valid header name",
+            "AuthorizationConfigError",
+        )
+    _check_header_value(header, value, label)
     _set_header(headers, header, value)
     return header
 

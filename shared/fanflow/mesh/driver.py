@@ -93,6 +93,9 @@ class WorkflowCache:
     def __init__(self) -> None:
         self._by_app: dict[str, Workflow] = {}
 
+    def __contains__(self, app_id: object) -> bool:
+        return app_id in self._by_app
+
     def get(self, app: AppRecord) -> Workflow:
         workflow = self._by_app.get(app.id)
         if workflow is None:
@@ -110,18 +113,27 @@ class RunDriver:
         self.limits = limits
         self.workflows = WorkflowCache()
 
-    async def start_run(self, app: AppRecord, run_id: str, request: RunRequest) -> Committed:
-        """Create the run and its first fan-out. Raises `InputsInvalid` before writing."""
+    async def start_run(
+        self, app: AppRecord, run_id: str, request: RunRequest, *, max_running: int | None = None
+    ) -> Committed:
+        """Create the run and its first fan-out. Raises `InputsInvalid` before writing, and
+        `AppBusy` when the app has `max_running` runs in progress (checked atomically)."""
         workflow = self.workflows.get(app)
         now = time.time()
         setup = prepare_run(workflow, _with_ids(request, app), run_id=run_id, now_s=now)
         scheduler = Scheduler(workflow, limits=self.limits)
         state, commands = start_run(scheduler, run_id, setup)
-        RUNS_STARTED.labels(workflow.mode).inc()
         async with self.store.creating_run(
-            run_id, app.id, inputs=setup.inputs, state=dump_state(state), user=request.user
+            run_id,
+            app.id,
+            inputs=setup.inputs,
+            state=dump_state(state),
+            user=request.user,
+            max_running=max_running,
         ) as tx:
-            return await self._finish_step(tx, scheduler, state, commands, created_at=now)
+            committed = await self._finish_step(tx, scheduler, state, commands, created_at=now)
+        RUNS_STARTED.labels(workflow.mode).inc()
+        return committed
 
     async def apply(self, app: AppRecord, run_id: str, envelopes: Sequence[Envelope]) -> Committed:
         """Apply events to a run in one transaction; returns what to publish after it."""

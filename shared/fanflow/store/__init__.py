@@ -7,6 +7,7 @@ SQLite (`sqlite+aiosqlite:///path.db`) through the same SQLAlchemy Core code.
 from fanflow.defaults import DATABASE_URL as DEFAULT_DATABASE_URL
 from fanflow.store.migrate import migrate
 from fanflow.store.records import (
+    AppBusy,
     AppNotFound,
     AppRecord,
     NodeExecutionRecord,
@@ -22,6 +23,7 @@ from fanflow.store.transaction import RunTransaction, node_execution_id
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "AppBusy",
     "AppNotFound",
     "AppRecord",
     "NodeExecutionRecord",
