@@ -81,3 +81,21 @@ NODE_RETRIES = Counter(
     "Task attempts the scheduler sent again after a failure (delayed through the broker).",
     ["node_type"],
 )
+
+# ---- fleet-wide flow control (fanflow.resilience.redis_*, fanflow.llm) ----
+FLOW_CONTROL_MODE = Gauge(
+    "fanflow_flow_control_mode",
+    "1 for the mode of limits and breakers in force: global (shared through Redis) or "
+    "local (per worker process, Redis absent or not answering).",
+    ["mode"],
+)
+FLOW_CONTROL_FALLBACKS = Counter(
+    "fanflow_flow_control_fallbacks_total",
+    "Times a process fell back to per-process limits because Redis stopped answering.",
+)
+FLOW_CONTROL_DEFERRED = Counter(
+    "fanflow_flow_control_deferred_total",
+    "Calls sent back to the scheduler (retry later) because a fleet-wide limit had no room "
+    "within the in-worker wait bound, by the limit (scope and kind).",
+    ["upstream", "kind", "limit"],
+)

@@ -135,6 +135,19 @@ class Settings(BaseSettings):
     upstream_max_concurrency: int | None = None
     upstream_rps: float | None = None
 
+    # ---- fleet-wide state in Redis (fanflow.resilience.redis_*) ----
+    #: e.g. redis://127.0.0.1:6379/0: the upstream limits file's entries (and rpm, tpm,
+    #: per_app, per_user) hold for the whole fleet, breakers are shared, the LLM cache
+    #: lives there; unset (or Redis not answering): per worker process
+    redis_url: str | None = None
+    #: prefix of every key (unset: FANFLOW_NAMESPACE)
+    redis_prefix: str | None = None
+    #: a Redis command's time limit; after a failure, per-process state for redis_retry_s
+    redis_timeout_s: float = 1.0
+    redis_retry_s: float = 5.0
+    #: a concurrency lease's life: longer than any call, so a killed worker's slots return
+    redis_lease_ttl_s: float = 120.0
+
     # ---- pooled HTTP connections of LLM and http-request nodes (fanflow.http_pool) ----
     #: connections kept per upstream host; unset: the worker's prefetch (its concurrency
     #: per class), 256 for `fanflow run`

@@ -21,6 +21,7 @@ import httpx
 
 from fanflow.http_pool import ssl_context, without_cookies
 from fanflow.llm.providers import Endpoint
+from fanflow.resilience.redis_limits import CallKeys, estimate_tokens
 from fanflow.resilience.upstreams import UpstreamFailure, parse_retry_after
 
 T = TypeVar("T")
@@ -88,6 +89,7 @@ async def chat(
     upstreams: Any = None,
     check: Callable[[Completion], T] | None = None,
     node_id: str | None = None,
+    keys: CallKeys | None = None,
 ) -> tuple[Completion, T | None]:
     """POST `body` (without `model`: the endpoint's is used) to `{base_url}/chat/completions`.
 
@@ -95,6 +97,8 @@ async def chat(
     client is built for this call. `check` runs on each reply inside the attempt, so a `format` failure it raises counts
     as that attempt's failure; its result is returned beside the completion. `label` (the
     node) leads every error message; `node_id` goes out as the `X-Fanflow-Node-Id` header.
+    `keys` (app, end user) are for the upstreams' per-app and per-user limits; fleet-wide
+    token limits are charged an estimate from `body` and corrected with the reported usage.
     """
     payload = {"model": endpoint.model, **body}
 
@@ -108,7 +112,12 @@ async def chat(
         if upstreams is None:
             return await attempt(client)
         result: tuple[Completion, T | None] = await upstreams.call(
-            endpoint.upstream, lambda: attempt(client), kind="llm"
+            endpoint.upstream,
+            lambda: attempt(client),
+            kind="llm",
+            tokens=estimate_tokens(body),
+            keys=keys,
+            usage_of=_used_tokens,
         )
         return result
 
@@ -117,6 +126,13 @@ async def chat(
     # no pool (a test, a one-off call): a client for this call, the SSL context shared
     async with without_cookies(httpx.AsyncClient(verify=ssl_context())) as client:
         return await guarded(client)
+
+
+def _used_tokens(result: tuple[Completion, Any]) -> float | None:
+    """The tokens an answer says it used (None when it reports no usage: keep the
+    estimate)."""
+    usage = result[0].usage
+    return float(usage.total_tokens) if usage.total_tokens else None
 
 
 async def _post(

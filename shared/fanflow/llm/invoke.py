@@ -17,6 +17,7 @@ from fanflow.llm.providers import (
     providers_from_environment,
 )
 from fanflow.messages import NodeTask
+from fanflow.resilience.redis_limits import CallKeys
 from fanflow.resilience.upstreams import UpstreamFailure
 
 T = TypeVar("T")
@@ -86,7 +87,21 @@ async def invoke(
         upstreams=context.upstreams,
         check=check,
         node_id=task.node_id,
+        keys=call_keys(task),
     )
+
+
+def call_keys(task: NodeTask) -> CallKeys:
+    """The app and end user a task runs for (`sys.app_id`, `sys.user_id`, when the task
+    carries them), for per-app and per-user limits."""
+    found: list[str | None] = []
+    for name in ("app_id", "user_id"):
+        try:
+            value = task.lookup(("sys", name))
+        except KeyError:
+            value = None
+        found.append(str(value) if value not in (None, "") else None)
+    return CallKeys(app=found[0], user=found[1])
 
 
 def _providers(context: ExecutionContext, label: str) -> Providers:

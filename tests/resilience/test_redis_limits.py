@@ -1,0 +1,300 @@
+"""Fleet-wide limits in the real Redis: shared by processes, keyed, tokens, leases, and the
+fallback to per-process limits when Redis goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from fanflow.resilience.ratelimit import UpstreamLimits, load_limits
+from fanflow.resilience.redis_client import FleetRedis
+from fanflow.resilience.redis_limits import CallKeys, FleetLimiter, estimate_tokens
+from fanflow.resilience.upstreams import RetryPolicy, UpstreamFailure, Upstreams
+from fanflow.settings import Settings
+from tests.resilience.conftest import PrivateRedis
+
+ROOT = Path(__file__).resolve().parents[2]
+ONCE = RetryPolicy(max_attempts=1, max_in_worker_wait_s=5.0)
+
+
+def name() -> str:
+    return f"test:{uuid.uuid4().hex[:8]}"
+
+
+def sample(metric: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(metric, labels) or 0.0
+
+
+_OPEN: list[FleetRedis] = []
+
+
+def fleet(url: str, prefix: str, **options: float) -> FleetLimiter:
+    redis = FleetRedis(url, prefix=prefix)
+    _OPEN.append(redis)
+    return FleetLimiter(redis, **options)
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients() -> AsyncIterator[None]:
+    yield
+    while _OPEN:
+        await _OPEN.pop().aclose()
+
+
+def probes(url: str, prefix: str, upstream: str, rps: float, *, count: int, seconds: float):  # type: ignore[no-untyped-def]
+    start_at = time.time() + 2.0  # every process imported and waiting by then
+    end_at = start_at + seconds
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.resilience.fleet_probe",
+                url,
+                prefix,
+                upstream,
+                str(rps),
+                str(start_at),
+                str(end_at),
+                "8",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    results = [json.loads(p.communicate(timeout=60)[0]) for p in processes]
+    assert all(p.returncode == 0 for p in processes)
+    stamps = sorted(s for r in results for s in r["stamps"])
+    return stamps, start_at, end_at
+
+
+def test_three_processes_share_one_50_rps_limit(redis_url: str, redis_prefix: str) -> None:
+    upstream = name()
+    stamps, start_at, end_at = probes(redis_url, redis_prefix, upstream, 50, count=3, seconds=3)
+    calls = [s for s in stamps if start_at <= s <= end_at]
+    # GCRA allows the burst (1) at once, then one call per 20 ms across all three
+    assert len(calls) <= 50 * 3 + 2, len(calls)
+    assert len(calls) >= 50 * 3 * 0.85, len(calls)  # and the budget is used, not wasted
+    # in no second of the run do the three together pass the limit
+    for second in range(3):
+        window = [s for s in calls if start_at + second <= s < start_at + second + 1]
+        assert len(window) <= 51, (second, len(window))
+
+
+def test_per_worker_limits_let_three_processes_triple_the_rate(redis_prefix: str) -> None:
+    stamps, start_at, end_at = probes("-", redis_prefix, name(), 50, count=3, seconds=2)
+    calls = [s for s in stamps if start_at <= s <= end_at]
+    assert len(calls) >= 50 * 2 * 3 * 0.8, len(calls)  # each process holds only its own 50
+
+
+async def test_concurrency_is_shared_across_clients(redis_url: str, redis_prefix: str) -> None:
+    upstream = name()
+    limits = {upstream: UpstreamLimits(max_concurrency=3)}
+    workers = [Upstreams(limits=limits, fleet=fleet(redis_url, redis_prefix)) for _ in range(3)]
+    running = 0
+    most = 0
+
+    async def attempt() -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+
+    await asyncio.gather(
+        *(workers[i % 3].call(upstream, attempt, kind="llm", retry=ONCE) for i in range(30))
+    )
+    assert most == 3
+
+
+async def test_a_killed_workers_slots_come_back_when_its_leases_expire(
+    redis_url: str, redis_prefix: str
+) -> None:
+    upstream = name()
+    limits = UpstreamLimits(max_concurrency=2)
+    dead = fleet(redis_url, redis_prefix, lease_ttl_s=0.5)
+    # a worker takes both slots and dies without handing them back
+    await dead.acquire(upstream, limits)
+    await dead.acquire(upstream, limits)
+    alive = Upstreams(
+        limits={upstream: limits}, fleet=fleet(redis_url, redis_prefix, lease_ttl_s=0.5)
+    )
+
+    async def attempt() -> str:
+        return "ok"
+
+    started = time.monotonic()
+    assert await alive.call(upstream, attempt, kind="llm", retry=ONCE) == "ok"
+    waited = time.monotonic() - started
+    assert 0.3 <= waited <= 2.0, waited
+
+
+async def test_budget_past_the_wait_bound_is_a_retry_later_and_reserves_nothing(
+    redis_url: str, redis_prefix: str
+) -> None:
+    upstream = name()
+    upstreams = Upstreams(
+        limits={upstream: UpstreamLimits(rpm=6)}, fleet=fleet(redis_url, redis_prefix)
+    )
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        return "ok"
+
+    policy = RetryPolicy(max_attempts=3, max_in_worker_wait_s=1.0)
+    assert await upstreams.call(upstream, attempt, kind="llm", retry=policy) == "ok"
+    waits = []
+    for _ in range(3):
+        started = time.monotonic()
+        with pytest.raises(UpstreamFailure) as caught:
+            await upstreams.call(upstream, attempt, kind="llm", retry=policy)
+        assert time.monotonic() - started < 0.5  # nobody slept holding the task
+        failure = caught.value
+        assert failure.reason == "status_429" and failure.retryable
+        assert failure.error_type == "RateLimitedError"
+        assert "rpm limit of upstream" in str(failure) and upstream in str(failure)
+        assert failure.retry_after_s is not None
+        waits.append(failure.retry_after_s)
+    assert calls == 1
+    # refusals reserve nothing: the wait stays ~10 s instead of growing by 10 s each time
+    assert all(8.0 <= w <= 10.5 for w in waits), waits
+    assert (
+        sample("fanflow_flow_control_deferred_total", upstream=upstream, kind="llm", limit="rpm")
+        == 3
+    )
+
+
+async def test_per_app_and_per_user_limits_are_separate_budgets(
+    redis_url: str, redis_prefix: str
+) -> None:
+    upstream = name()
+    limits = UpstreamLimits(
+        per_app=UpstreamLimits(rpm=3, rpm_burst=3), per_user=UpstreamLimits(rpm=1)
+    )
+    limiter = fleet(redis_url, redis_prefix)
+    upstreams = Upstreams(limits={upstream: limits}, fleet=limiter, retry=ONCE)
+    policy = RetryPolicy(max_attempts=1, max_in_worker_wait_s=0.5)
+
+    async def attempt() -> str:
+        return "ok"
+
+    async def call(app: str, user: str) -> str:
+        try:
+            return await upstreams.call(
+                upstream, attempt, kind="llm", retry=policy, keys=CallKeys(app, user)
+            )
+        except UpstreamFailure as failure:
+            assert failure.reason == "status_429"
+            return "user" if "user" in str(failure).split("limit of ")[1][:5] else "app"
+
+    assert await call("a1", "u1") == "ok"
+    assert await call("a1", "u1") == "user"  # u1 had its one call this minute
+    assert await call("a1", "u2") == "ok"
+    assert await call("a1", "u3") == "ok"
+    assert await call("a1", "u4") == "app"  # the app's 3 a minute are used up
+    assert await call("a2", "u1") == "ok"  # another app, another budget
+
+
+async def test_tokens_per_minute_are_corrected_with_the_reported_usage(
+    redis_url: str, redis_prefix: str
+) -> None:
+    upstream = name()
+    # 6,000 tokens a minute: 100 a second, 200 at once
+    limits = UpstreamLimits(tpm=6000, tpm_burst=200)
+    upstreams = Upstreams(
+        limits={upstream: limits},
+        fleet=fleet(redis_url, redis_prefix),
+        retry=RetryPolicy(max_attempts=1, max_in_worker_wait_s=10.0),
+    )
+    used: list[tuple[float, int]] = []
+
+    async def attempt() -> int:
+        used.append((time.monotonic(), 100))
+        return 100  # the answer used 100 tokens, the estimate said 20
+
+    started = time.monotonic()
+
+    async def loop() -> None:
+        while time.monotonic() - started < 3.0:
+            await upstreams.call(
+                upstream, attempt, kind="llm", tokens=20, usage_of=lambda tokens: tokens
+            )
+
+    await asyncio.gather(*(loop() for _ in range(4)))
+    within = sum(tokens for at, tokens in used if at - started <= 3.0)
+    # 3 s at 100 a second plus the burst, and at most a call per loop in flight beyond it
+    assert within <= 300 + 200 + 4 * 100, within
+    assert within >= 300, within
+
+
+async def test_redis_going_away_mid_run_falls_back_without_failing_a_call(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = name()
+    redis = FleetRedis(private_redis.url, prefix="t", retry_s=0.3, timeout_s=0.3)
+    upstreams = Upstreams(
+        limits={upstream: UpstreamLimits(rps=200, max_concurrency=4)},
+        fleet=FleetLimiter(redis),
+        retry=ONCE,
+    )
+    fallbacks = sample("fanflow_flow_control_fallbacks_total")
+
+    async def attempt() -> str:
+        await asyncio.sleep(0.005)
+        return "ok"
+
+    async def calls(n: int) -> list[str]:
+        return await asyncio.gather(
+            *(upstreams.call(upstream, attempt, kind="llm") for _ in range(n))
+        )
+
+    assert await calls(20) == ["ok"] * 20
+    assert redis.mode == "global" and sample("fanflow_flow_control_mode", mode="global") == 1
+    running = asyncio.create_task(calls(200))
+    await asyncio.sleep(0.1)
+    private_redis.stop()
+    assert await running == ["ok"] * 200
+    assert await calls(50) == ["ok"] * 50
+    assert redis.mode == "local"
+    assert sample("fanflow_flow_control_mode", mode="local") == 1
+    assert sample("fanflow_flow_control_mode", mode="global") == 0
+    assert sample("fanflow_flow_control_fallbacks_total") == fallbacks + 1
+    assert "fall back to per-process" in caplog.text
+    await redis.aclose()
+
+
+def test_settings_and_limits_file(tmp_path: Path) -> None:
+    path = tmp_path / "limits.yml"
+    path.write_text(
+        "openai:gpt-4o:\n  rpm: 500\n  tpm: 30000\n  per_app: {rpm: 100}\n"
+        "  per_user: {tpm: 2000, max_concurrency: 2}\n"
+    )
+    limits = load_limits(path)["openai:gpt-4o"]
+    assert limits.rpm == 500 and limits.tpm == 30000 and limits.local_rps == 500 / 60
+    assert limits.per_app == UpstreamLimits(rpm=100)
+    assert limits.per_user == UpstreamLimits(tpm=2000, max_concurrency=2)
+    path.write_text("x:\n  per_app: {per_user: {rpm: 1}}\n")
+    with pytest.raises(ValueError, match=r"limits of 'x'\.per_app must be a mapping"):
+        load_limits(path)
+    settings = Settings(redis_url="redis://r:6379/0", namespace="ns", upstream_limits_file=None)
+    built = Upstreams.from_settings(settings)
+    assert built.fleet is not None and built.fleet.redis.prefix == "ns"
+    assert Upstreams.from_settings(Settings(redis_url=None)).fleet is None
+
+
+def test_token_estimate_counts_messages_and_max_tokens() -> None:
+    body = {"messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 50}
+    assert estimate_tokens(body) == 100 + 4 + 50
