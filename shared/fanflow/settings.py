@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     redis_retry_s: float = 5.0
     #: a concurrency lease's life: longer than any call, so a killed worker's slots return
     redis_lease_ttl_s: float = 120.0
+    #: how old a worker's copy of a closed shared breaker may be: an upstream opened by one
+    #: worker is refused by all within this time
+    redis_breaker_sync_s: float = 0.2
 
     # ---- pooled HTTP connections of LLM and http-request nodes (fanflow.http_pool) ----
     #: connections kept per upstream host; unset: the worker's prefetch (its concurrency

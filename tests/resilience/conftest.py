@@ -3,18 +3,39 @@ the test) and private ones on free ports for tests that stop Redis."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_probes(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run one `tests.resilience.fleet_probe` process per config, at once; their reports."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.resilience.fleet_probe", json.dumps(config)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for config in configs
+    ]
+    results = [json.loads(p.communicate(timeout=90)[0]) for p in processes]
+    assert all(p.returncode == 0 for p in processes)
+    return results
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
 """A worker-like process for the fleet tests: `concurrency` loops call one upstream through
 `Upstreams` from `start_at` to `end_at` (epoch seconds); prints the epoch time of every
-attempt as JSON. Without a Redis URL ("-"), the limits are this process's own.
+attempt that ran, and of every refusal, as JSON. Without `redis_url`, the limits and the
+breaker are this process's own.
 
-    python -m tests.resilience.fleet_probe REDIS_URL PREFIX UPSTREAM RPS START_AT END_AT CONCURRENCY
+    python -m tests.resilience.fleet_probe '{"redis_url": ..., "prefix": ..., "upstream": ...,
+        "rps": 50, "start_at": ..., "end_at": ..., "concurrency": 8, "breaker": {...}}'
 """
 
 from __future__ import annotations
@@ -11,39 +13,49 @@ import asyncio
 import json
 import sys
 import time
+from typing import Any
 
+from fanflow.resilience.breaker import BreakerConfig
 from fanflow.resilience.ratelimit import UpstreamLimits
+from fanflow.resilience.redis_breaker import SharedBreakers
 from fanflow.resilience.redis_client import FleetRedis
 from fanflow.resilience.redis_limits import FleetLimiter
 from fanflow.resilience.upstreams import RetryPolicy, UpstreamFailure, Upstreams
 
 
-async def main(argv: list[str]) -> None:
-    url, prefix, upstream, rps, start_at, end_at, concurrency = argv
-    fleet = None if url == "-" else FleetLimiter(FleetRedis(url, prefix=prefix))
+async def main(config: dict[str, Any]) -> None:
+    url = config.get("redis_url")
+    breaker = BreakerConfig(**config.get("breaker", {}))
+    redis = FleetRedis(url, prefix=config["prefix"]) if url else None
+    upstream = config["upstream"]
+    rps = config.get("rps")
     upstreams = Upstreams(
-        limits={upstream: UpstreamLimits(rps=float(rps))},
-        fleet=fleet,
+        limits={upstream: UpstreamLimits(rps=rps)} if rps else {},
+        breaker=breaker,
+        fleet=FleetLimiter(redis) if redis else None,
+        shared_breakers=SharedBreakers(redis, breaker) if redis else None,
         retry=RetryPolicy(max_attempts=1, max_in_worker_wait_s=10.0),
     )
     stamps: list[float] = []
-    deferred = 0
+    refused: list[float] = []
 
     async def attempt() -> None:
         stamps.append(time.time())
+        await asyncio.sleep(config.get("call_s", 0))
 
     async def loop() -> None:
-        nonlocal deferred
-        while time.time() < float(end_at):
+        while time.time() < config["end_at"]:
             try:
                 await upstreams.call(upstream, attempt, kind="llm")
             except UpstreamFailure:
-                deferred += 1
+                refused.append(time.time())
+                await asyncio.sleep(0.01)
 
-    await asyncio.sleep(max(0.0, float(start_at) - time.time()))
-    await asyncio.gather(*(loop() for _ in range(int(concurrency))))
-    print(json.dumps({"stamps": stamps, "deferred": deferred}))
+    await asyncio.sleep(max(0.0, config["start_at"] - time.time()))
+    await asyncio.gather(*(loop() for _ in range(config.get("concurrency", 1))))
+    await upstreams.aclose()
+    print(json.dumps({"stamps": stamps, "refused": refused}))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:]))
+    asyncio.run(main(json.loads(sys.argv[1])))

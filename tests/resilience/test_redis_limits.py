@@ -4,9 +4,6 @@ fallback to per-process limits when Redis goes away."""
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,9 +17,8 @@ from fanflow.resilience.redis_client import FleetRedis
 from fanflow.resilience.redis_limits import CallKeys, FleetLimiter, estimate_tokens
 from fanflow.resilience.upstreams import RetryPolicy, UpstreamFailure, Upstreams
 from fanflow.settings import Settings
-from tests.resilience.conftest import PrivateRedis
+from tests.resilience.conftest import PrivateRedis, run_probes
 
-ROOT = Path(__file__).resolve().parents[2]
 ONCE = RetryPolicy(max_attempts=1, max_in_worker_wait_s=5.0)
 
 
@@ -50,31 +46,19 @@ async def _close_clients() -> AsyncIterator[None]:
         await _OPEN.pop().aclose()
 
 
-def probes(url: str, prefix: str, upstream: str, rps: float, *, count: int, seconds: float):  # type: ignore[no-untyped-def]
+def probes(url: str | None, prefix: str, upstream: str, rps: float, *, count: int, seconds: float):  # type: ignore[no-untyped-def]
     start_at = time.time() + 2.0  # every process imported and waiting by then
     end_at = start_at + seconds
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.resilience.fleet_probe",
-                url,
-                prefix,
-                upstream,
-                str(rps),
-                str(start_at),
-                str(end_at),
-                "8",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(count)
-    ]
-    results = [json.loads(p.communicate(timeout=60)[0]) for p in processes]
-    assert all(p.returncode == 0 for p in processes)
+    config = {
+        "redis_url": url,
+        "prefix": prefix,
+        "upstream": upstream,
+        "rps": rps,
+        "start_at": start_at,
+        "end_at": end_at,
+        "concurrency": 8,
+    }
+    results = run_probes([config] * count)
     stamps = sorted(s for r in results for s in r["stamps"])
     return stamps, start_at, end_at
 
@@ -93,7 +77,7 @@ def test_three_processes_share_one_50_rps_limit(redis_url: str, redis_prefix: st
 
 
 def test_per_worker_limits_let_three_processes_triple_the_rate(redis_prefix: str) -> None:
-    stamps, start_at, end_at = probes("-", redis_prefix, name(), 50, count=3, seconds=2)
+    stamps, start_at, end_at = probes(None, redis_prefix, name(), 50, count=3, seconds=2)
     calls = [s for s in stamps if start_at <= s <= end_at]
     assert len(calls) >= 50 * 2 * 3 * 0.8, len(calls)  # each process holds only its own 50
 

@@ -141,6 +141,10 @@ class CircuitBreaker:
         ):
             self._probes_admitted -= 1
 
+    def reset(self) -> None:
+        """Back to closed with an empty window (the fleet's shared breaker took over)."""
+        self._transition(CLOSED, self._clock())
+
     def _advance(self, now: float) -> None:
         if self._state == OPEN and now >= self._opened_at + self.config.open_wait_s:
             self._transition(HALF_OPEN, now)

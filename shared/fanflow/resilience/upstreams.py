@@ -43,10 +43,13 @@ from fanflow.metrics import (
 from fanflow.resilience.breaker import CLOSED, HALF_OPEN, OPEN, BreakerConfig, CircuitBreaker
 from fanflow.resilience.failures import RetryPolicy, UpstreamFailure, parse_retry_after, wait_s
 from fanflow.resilience.ratelimit import Limiter, UpstreamLimits, limits_for, load_limits
+from fanflow.resilience.redis_breaker import PROBE, Decision, SharedBreakers
 from fanflow.resilience.redis_client import LOCAL, FleetRedis, FleetUnavailable, set_mode
 from fanflow.resilience.redis_limits import BudgetDeferred, CallKeys, FleetLimiter, Lease
 
 if TYPE_CHECKING:
+    from prometheus_client import Gauge
+
     from fanflow.settings import Settings
 
 __all__ = ["RetryPolicy", "UpstreamFailure", "Upstreams", "parse_retry_after"]
@@ -79,6 +82,7 @@ class _Upstream:
     breaker: CircuitBreaker
     limiter: Limiter
     label: str
+    gauge: Gauge
     in_flight: int = 0
 
 
@@ -95,11 +99,14 @@ class Upstreams:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         fleet: FleetLimiter | None = None,
+        shared_breakers: SharedBreakers | None = None,
     ) -> None:
         self.breaker_config = breaker or BreakerConfig()
         #: fleet-wide limits (Redis); None: per process only
         self.fleet = fleet
-        if fleet is None:
+        #: breakers shared by the fleet (Redis); None: per process only
+        self.shared_breakers = shared_breakers
+        if fleet is None and shared_breakers is None:
             set_mode(LOCAL)
         self.limits = dict(limits or {})
         self.default_limits = default_limits or UpstreamLimits()
@@ -127,6 +134,7 @@ class Upstreams:
             max_concurrency=settings.upstream_max_concurrency, rps=settings.upstream_rps
         )
         fleet = None
+        shared = None
         if settings.redis_url:
             redis = FleetRedis(
                 settings.redis_url,
@@ -135,7 +143,14 @@ class Upstreams:
                 timeout_s=settings.redis_timeout_s,
             )
             fleet = FleetLimiter(redis, lease_ttl_s=settings.redis_lease_ttl_s)
-        return cls(breaker=breaker, limits=limits, default_limits=default, fleet=fleet)
+            shared = SharedBreakers(redis, breaker, sync_s=settings.redis_breaker_sync_s)
+        return cls(
+            breaker=breaker,
+            limits=limits,
+            default_limits=default,
+            fleet=fleet,
+            shared_breakers=shared if fleet is not None else None,
+        )
 
     async def call(
         self,
@@ -188,6 +203,8 @@ class Upstreams:
         """Close the Redis client of fleet-wide state, if any."""
         if self.fleet is not None:
             await self.fleet.redis.aclose()
+        if self.shared_breakers is not None:
+            await self.shared_breakers.redis.aclose()
 
     def current_rps(self, upstream: str) -> float | None:
         """The rate `upstream` is held to now (lowered after a 429), None when unlimited."""
@@ -212,6 +229,7 @@ class Upstreams:
     ) -> T:
         if entry.breaker.state == OPEN:  # fail fast, before waiting for a slot
             raise self._refused(upstream, entry, kind)
+        decision = await self._fleet_breaker(upstream, entry, kind)
         limits = entry.limiter.limits
         if self.fleet is not None and limits.fleet_wide and self.fleet.redis.available:
             started = self._clock()
@@ -229,10 +247,10 @@ class Upstreams:
                 pass  # this call under the per-process limits (the mode is logged)
             else:
                 RATE_LIMIT_WAIT.labels(entry.label, kind).observe(self._clock() - started)
-                return await self._leased(upstream, entry, attempt, kind, budget, lease)
+                return await self._leased(upstream, entry, attempt, kind, budget, lease, decision)
         async with entry.limiter.slot() as waited_s:
             RATE_LIMIT_WAIT.labels(entry.label, kind).observe(waited_s)
-            return await self._guarded(upstream, entry, attempt, kind)
+            return await self._guarded(upstream, entry, attempt, kind, decision)
 
     async def _leased(
         self,
@@ -242,35 +260,81 @@ class Upstreams:
         kind: str,
         budget: _Budget[T],
         lease: Lease,
+        decision: Decision | None,
     ) -> T:
         assert self.fleet is not None
         used: float | None = None
         try:
-            result = await self._guarded(upstream, entry, attempt, kind)
+            result = await self._guarded(upstream, entry, attempt, kind, decision)
             reported = budget.usage_of(result) if budget.usage_of is not None else None
             used = reported if reported is not None else budget.tokens  # no usage: the estimate
             return result
         finally:
             await asyncio.shield(self.fleet.release(lease, used_tokens=used))
 
+    async def _fleet_breaker(self, upstream: str, entry: _Upstream, kind: str) -> Decision | None:
+        """The fleet's breaker for this call (None: none shared, or Redis not answering:
+        the process's own breaker decides alone)."""
+        shared = self.shared_breakers
+        if shared is None or not shared.redis.available:
+            return None
+        try:
+            decision = await shared.check(upstream)
+        except FleetUnavailable:
+            return None
+        state = HALF_OPEN if decision.state == PROBE else decision.state
+        entry.gauge.set(_STATE_VALUES[state])
+        if decision.refused:
+            raise self._refused(upstream, entry, kind, fleet=decision)
+        return decision
+
+    async def _outcome_to_fleet(
+        self, upstream: str, entry: _Upstream, decision: Decision | None, *, failure: bool, was: str
+    ) -> None:
+        """A probe's outcome, or this process's breaker opening, told to the fleet."""
+        shared = self.shared_breakers
+        if shared is None or decision is None:
+            return
+        try:
+            if decision.state == PROBE:
+                state = await shared.probed(upstream, decision, failure=failure)
+                if state in (OPEN, CLOSED):
+                    entry.gauge.set(_STATE_VALUES[state])
+                if entry.breaker.state == OPEN:  # the fleet decides; keep this one closed
+                    entry.breaker.reset()
+            elif was != OPEN and entry.breaker.state == OPEN:
+                await shared.open(upstream)
+                entry.breaker.reset()  # the fleet's breaker holds it open from now on
+                entry.gauge.set(_STATE_VALUES[OPEN])
+        except FleetUnavailable:
+            pass  # this process's breaker stays as it is: the fallback
+
     async def _guarded(
-        self, upstream: str, entry: _Upstream, attempt: Callable[[], Awaitable[T]], kind: str
+        self,
+        upstream: str,
+        entry: _Upstream,
+        attempt: Callable[[], Awaitable[T]],
+        kind: str,
+        decision: Decision | None = None,
     ) -> T:
-        """One attempt under the breaker, its outcome recorded."""
+        """One attempt under the breaker, its outcome recorded (and told to the fleet)."""
         permit = entry.breaker.acquire()
         if permit is None:
             raise self._refused(upstream, entry, kind)
+        was = entry.breaker.state
         started = self._clock()
         try:
             result = await attempt()
         except UpstreamFailure as failure:
             duration = self._clock() - started
-            entry.breaker.record(
-                permit, failure=failure.reason in BREAKER_FAILURES, duration_s=duration
-            )
+            counts = failure.reason in BREAKER_FAILURES
+            entry.breaker.record(permit, failure=counts, duration_s=duration)
             if failure.reason == "status_429":
                 entry.limiter.throttled()
             self._observe(entry, kind, failure.reason, duration)
+            # a probe answered with a 429 or 4xx found the upstream working: that counts as
+            # a successful probe, as it would not count against the breaker
+            await self._outcome_to_fleet(upstream, entry, decision, failure=counts, was=was)
             raise
         except Exception:
             entry.breaker.release(permit)
@@ -283,6 +347,7 @@ class Upstreams:
         entry.breaker.record(permit, failure=False, duration_s=duration)
         entry.limiter.succeeded()
         self._observe(entry, kind, "success", duration)
+        await self._outcome_to_fleet(upstream, entry, decision, failure=False, was=was)
         return result
 
     def _deferred(
@@ -306,10 +371,17 @@ class Upstreams:
             error_type="RateLimitedError",
         )
 
-    def _refused(self, upstream: str, entry: _Upstream, kind: str) -> UpstreamFailure:
+    def _refused(
+        self, upstream: str, entry: _Upstream, kind: str, *, fleet: Decision | None = None
+    ) -> UpstreamFailure:
         UPSTREAM_CALLS.labels(entry.label, kind, "breaker_open").inc()
-        remaining = entry.breaker.open_remaining_s()
+        if fleet is not None:
+            remaining = fleet.remaining_s if fleet.state == OPEN else 0.0
+        else:
+            remaining = entry.breaker.open_remaining_s()
         when = f"for {remaining:.0f} s more" if remaining else "while its probe calls run"
+        if fleet is not None:
+            when += " (shared by the fleet)"
         # retryable once the breaker has waited: a node with retries comes back after the
         # open period (the scheduler delays it, nobody sleeps); a node without retries goes
         # straight to its error strategy, e.g. a fail-branch to a second model
@@ -345,6 +417,7 @@ class Upstreams:
                 sleep=self._sleep,
             ),
             label=label,
+            gauge=gauge,
         )
         self._upstreams[upstream] = entry
         self._forget_idle()
