@@ -99,3 +99,8 @@ FLOW_CONTROL_DEFERRED = Counter(
     "within the in-worker wait bound, by the limit (scope and kind).",
     ["upstream", "kind", "limit"],
 )
+LLM_FAILOVERS = Counter(
+    "fanflow_llm_failovers_total",
+    "LLM calls that moved on to a fallback model, by the model that failed and why.",
+    ["model", "reason"],
+)

@@ -72,6 +72,8 @@ class Completion:
     finish_reason: str | None = None
     usage: Usage = field(default_factory=Usage)
     tool_calls: tuple[ToolCall, ...] = ()
+    #: which model answered, when the call had fallbacks (`fanflow.llm.failover.ModelAnswer`)
+    answered_by: Any = None
 
 
 def format_failure(message: str) -> UpstreamFailure:
