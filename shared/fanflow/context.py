@@ -40,6 +40,9 @@ class ExecutionContext:
     http_pool: HttpPool | None = None
     #: LLM providers (`fanflow.llm.providers.Providers`); None: from the environment
     llm_providers: Any = None
+    #: the LLM response cache (`fanflow.llm.cache`) of nodes with `fanflow.cache`; None:
+    #: no caching
+    llm_cache: Any = None
     #: SSRF guard opt-outs for the http-request node (tests, private deployments)
     allow_private_networks: bool = False
     http_allow_list: tuple[str, ...] = ()

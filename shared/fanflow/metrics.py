@@ -104,3 +104,9 @@ LLM_FAILOVERS = Counter(
     "LLM calls that moved on to a fallback model, by the model that failed and why.",
     ["model", "reason"],
 )
+LLM_CACHE = Counter(
+    "fanflow_llm_cache_requests_total",
+    "Lookups of the LLM response cache (nodes with fanflow.cache): hit, miss, or no_app "
+    "(the task did not carry its app, so it was not cached).",
+    ["result"],
+)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from fanflow.context import ExecutionContext, node_label
+from fanflow.llm.cache import CachePolicy, cache_key, decode, encode
 from fanflow.llm.client import Completion, chat
 from fanflow.llm.failover import ModelAnswer, candidates, worth_failing_over
 from fanflow.llm.model import ModelConfig
@@ -22,7 +23,7 @@ from fanflow.llm.providers import (
     providers_from_environment,
 )
 from fanflow.messages import NodeTask
-from fanflow.metrics import LLM_FAILOVERS
+from fanflow.metrics import LLM_CACHE, LLM_FAILOVERS
 from fanflow.resilience.redis_limits import CallKeys
 from fanflow.resilience.upstreams import UpstreamFailure
 
@@ -103,7 +104,21 @@ async def _call(
     timeout_s = providers.timeout_s
     if task.timeout_s:
         timeout_s = min(timeout_s, task.timeout_s)
-    return await chat(
+    keys = call_keys(task)
+    policy = CachePolicy.of(task) if context.llm_cache is not None else None
+    key = None
+    if policy is not None and policy.admits(body):
+        if keys.app is None:
+            LLM_CACHE.labels("no_app").inc()  # the task does not say its app: never shared
+        else:
+            key = cache_key(keys.app, endpoint.upstream, endpoint.base_url, body)
+            cached = await context.llm_cache.get(key)
+            hit = decode(cached) if cached is not None else None
+            if hit is not None:
+                LLM_CACHE.labels("hit").inc()
+                return hit, (check(hit) if check is not None else None)
+            LLM_CACHE.labels("miss").inc()
+    completion, checked = await chat(
         endpoint,
         body,
         label=label,
@@ -114,8 +129,11 @@ async def _call(
         upstreams=context.upstreams,
         check=check,
         node_id=task.node_id,
-        keys=call_keys(task),
+        keys=keys,
     )
+    if key is not None and policy is not None:
+        await context.llm_cache.put(key, encode(completion), policy.ttl_s)
+    return completion, checked
 
 
 def call_keys(task: NodeTask) -> CallKeys:
