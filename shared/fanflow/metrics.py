@@ -110,3 +110,14 @@ LLM_CACHE = Counter(
     "(the task did not carry its app, so it was not cached).",
     ["result"],
 )
+LLM_TOKENS = Counter(
+    "fanflow_llm_tokens_total",
+    "Tokens LLM answers billed (each answer once, retried attempts included, cache hits "
+    "not), by model and kind (prompt, completion).",
+    ["model", "kind"],
+)
+LLM_COST = Counter(
+    "fanflow_llm_cost_total",
+    "Cost of the billed LLM answers by model, from the prices file (FANFLOW_LLM_PRICES_FILE).",
+    ["model", "currency"],
+)

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     llm_providers_file: Path | None = None
     #: one chat completion request, connect to last byte
     llm_timeout_s: float = 60.0
+    #: YAML or JSON: `{provider:model or glob: {prompt, completion, per, currency}}`, money
+    #: per `per` (default 1,000,000) tokens (fanflow.llm.costs)
+    llm_prices_file: Path | None = None
+    #: the most one run may spend on LLM calls, in the prices' currency (unset: no limit)
+    llm_run_budget: float | None = Field(default=None, gt=0)
 
     # ---- external calls (fanflow.resilience.upstreams) and the http-request node (fanflow.resilience.ssrf) ----
     #: let http-request nodes reach loopback, private and link-local addresses (SSRF guard off)

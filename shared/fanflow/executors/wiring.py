@@ -7,6 +7,7 @@ import os
 from fanflow.context import ExecutionContext
 from fanflow.http_pool import DEFAULT_MAX_CONNECTIONS, HttpPool
 from fanflow.llm.cache import MemoryCache, RedisCache
+from fanflow.llm.costs import CostAccounting, MemoryLedger, Prices, RedisLedger
 from fanflow.llm.providers import Providers
 from fanflow.nodes.outputs import CodeLimits
 from fanflow.resilience.upstreams import Upstreams
@@ -28,6 +29,11 @@ def context_from_settings(
         code_limits=code_limits_from_settings(settings),
         upstreams=upstreams,
         llm_cache=RedisCache(fleet.redis) if fleet is not None else MemoryCache(),
+        llm_costs=CostAccounting(
+            prices=Prices.load(settings.llm_prices_file) if settings.llm_prices_file else Prices(),
+            ledger=RedisLedger(fleet.redis) if fleet is not None else MemoryLedger(),
+            run_budget=settings.llm_run_budget,
+        ),
         http_pool=http_pool,
         llm_providers=Providers.from_settings(settings),
         allow_private_networks=settings.http_allow_private_networks,

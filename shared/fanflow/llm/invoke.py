@@ -118,6 +118,20 @@ async def _call(
                 LLM_CACHE.labels("hit").inc()
                 return hit, (check(hit) if check is not None else None)
             LLM_CACHE.labels("miss").inc()
+    costs = context.llm_costs
+    on_billed = None
+    if costs is not None:
+        await costs.before_call(task.run_id, label)
+
+        async def on_billed(completion: Completion) -> Completion:
+            usage = completion.usage
+            price = await costs.billed(
+                task.run_id, label, endpoint.upstream, usage.prompt_tokens, usage.completion_tokens
+            )
+            if price is None:
+                return completion
+            return dataclasses.replace(completion, usage=dataclasses.replace(usage, price=price))
+
     completion, checked = await chat(
         endpoint,
         body,
@@ -130,6 +144,7 @@ async def _call(
         check=check,
         node_id=task.node_id,
         keys=keys,
+        on_billed=on_billed,
     )
     if key is not None and policy is not None:
         await context.llm_cache.put(key, encode(completion), policy.ttl_s)
