@@ -15,6 +15,10 @@ import sys
 import time
 from typing import Any
 
+import httpx
+
+from fanflow.llm.client import chat
+from fanflow.llm.providers import Endpoint
 from fanflow.resilience.breaker import BreakerConfig
 from fanflow.resilience.ratelimit import UpstreamLimits
 from fanflow.resilience.redis_breaker import SharedBreakers
@@ -38,10 +42,27 @@ async def main(config: dict[str, Any]) -> None:
     )
     stamps: list[float] = []
     refused: list[float] = []
+    statuses: dict[str, int] = {}
+    base_url = config.get("base_url")  # call a real endpoint with the LLM client
+    client = httpx.AsyncClient() if base_url else None
 
     async def attempt() -> None:
         stamps.append(time.time())
-        await asyncio.sleep(config.get("call_s", 0))
+        if client is None:
+            await asyncio.sleep(config.get("call_s", 0))
+            return
+        try:
+            await chat(
+                Endpoint("quota", "m", base_url),
+                {"messages": [{"role": "user", "content": "hi"}]},
+                label="probe",
+                timeout_s=10,
+                http_client=client,
+            )
+            statuses["200"] = statuses.get("200", 0) + 1
+        except UpstreamFailure as failure:
+            key = str(failure.status_code or failure.reason)
+            statuses[key] = statuses.get(key, 0) + 1
 
     async def loop() -> None:
         while time.time() < config["end_at"]:
@@ -54,7 +75,9 @@ async def main(config: dict[str, Any]) -> None:
     await asyncio.sleep(max(0.0, config["start_at"] - time.time()))
     await asyncio.gather(*(loop() for _ in range(config.get("concurrency", 1))))
     await upstreams.aclose()
-    print(json.dumps({"stamps": stamps, "refused": refused}))
+    if client is not None:
+        await client.aclose()
+    print(json.dumps({"stamps": stamps, "refused": refused, "statuses": statuses}))
 
 
 if __name__ == "__main__":
