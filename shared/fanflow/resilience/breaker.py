@@ -29,6 +29,8 @@ from dataclasses import dataclass
 CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half_open"
+#: the value of `fanflow_circuit_breaker_state` for each state
+STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
 Clock = Callable[[], float]
 

@@ -15,9 +15,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fanflow.resilience.breaker import HALF_OPEN, OPEN, BreakerConfig
-from fanflow.resilience.redis_client import FleetRedis
+from fanflow.resilience.breaker import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    STATE_VALUES,
+    BreakerConfig,
+    CircuitBreaker,
+)
+from fanflow.resilience.redis_client import FleetRedis, FleetUnavailable
+
+if TYPE_CHECKING:
+    from prometheus_client import Gauge
 
 __all__ = ["PROBE", "Decision", "SharedBreakers"]
 
@@ -169,3 +180,42 @@ class SharedBreakers:
         state = result.decode() if isinstance(result, bytes) else str(result)
         self._copies.pop(upstream, None)
         return state
+
+    async def admit(self, upstream: str, gauge: Gauge) -> Decision | None:
+        """`check`, published in the upstream's state gauge; None while Redis does not
+        answer (the process's own breaker decides alone)."""
+        if not self.redis.available:
+            return None
+        try:
+            decision = await self.check(upstream)
+        except FleetUnavailable:
+            return None
+        gauge.set(STATE_VALUES[HALF_OPEN if decision.state == PROBE else decision.state])
+        return decision
+
+    async def report(
+        self,
+        upstream: str,
+        breaker: CircuitBreaker,
+        gauge: Gauge,
+        decision: Decision,
+        *,
+        failure: bool,
+        was: str,
+    ) -> None:
+        """After a call the fleet admitted: a probe's outcome, or this process's own
+        breaker (`was` its state before the call) having just opened, told to the fleet.
+        The fleet's breaker decides from then on, so the process's is reset to closed."""
+        try:
+            if decision.state == PROBE:
+                state = await self.probed(upstream, decision, failure=failure)
+                if state in (OPEN, CLOSED):
+                    gauge.set(STATE_VALUES[state])
+                if breaker.state == OPEN:
+                    breaker.reset()
+            elif was != OPEN and breaker.state == OPEN:
+                await self.open(upstream)
+                breaker.reset()
+                gauge.set(STATE_VALUES[OPEN])
+        except FleetUnavailable:
+            pass  # the process's breaker stays as it is: the fallback

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fanflow.resilience.failures import UpstreamFailure
 from fanflow.resilience.ratelimit import UpstreamLimits
 from fanflow.resilience.redis_client import FleetRedis, FleetUnavailable
 
@@ -138,6 +139,8 @@ class Lease:
     tokens: float
     #: ms of budget per token of each scope's tpm (0: no tpm there), for the correction
     tpm_intervals: tuple[float, ...]
+    #: leases to hand back or tokens to correct: a release is a round trip only then
+    needs_release: bool = True
 
 
 class BudgetDeferred(Exception):
@@ -148,6 +151,18 @@ class BudgetDeferred(Exception):
         self.wait_s = wait_s
         self.scope = scope
         self.kind = kind
+
+    def failure(self, upstream: str, max_wait_s: float) -> UpstreamFailure:
+        """The scheduler's retry-later signal (as for an upstream's own long Retry-After),
+        so no worker sleeps on a task slot waiting for budget; the wait is past the
+        in-worker bound, so the worker does not retry it itself."""
+        return UpstreamFailure(
+            f"upstream {upstream}: {self}; retry later",
+            reason="status_429",
+            retryable=True,
+            retry_after_s=max(self.wait_s, max_wait_s + 0.001),
+            error_type="RateLimitedError",
+        )
 
 
 def estimate_tokens(body: Mapping[str, Any]) -> int:
@@ -258,7 +273,8 @@ class FleetLimiter:
             if int(status) == 1:
                 if wait_s > 0:
                     await self._sleep(wait_s)
-                return Lease(lease_id, tuple(names), tokens, tuple(tpm_intervals))
+                held = any(s.max_concurrency for _, _, s in scopes) or any(tpm_intervals)
+                return Lease(lease_id, tuple(names), tokens, tuple(tpm_intervals), bool(held))
             scope_name = scopes[int(index) - 1][0]
             kind = kind.decode() if isinstance(kind, bytes) else str(kind)
             if int(status) == 0:
@@ -271,6 +287,8 @@ class FleetLimiter:
     async def release(self, lease: Lease, *, used_tokens: float | None) -> None:
         """Give the concurrency slots back and correct the token estimate with the usage
         the answer reported (`None`: the call failed, its estimate comes back)."""
+        if not lease.needs_release:
+            return
         delta = (used_tokens if used_tokens is not None else 0.0) - lease.tokens
         args: list[Any] = [lease.lease_id, delta, len(lease.tpm_intervals), *lease.tpm_intervals]
         with contextlib.suppress(FleetUnavailable):  # else the leases expire on their own

@@ -40,11 +40,12 @@ from fanflow.metrics import (
     UPSTREAM_CALLS,
     UPSTREAM_RETRIES,
 )
-from fanflow.resilience.breaker import CLOSED, HALF_OPEN, OPEN, BreakerConfig, CircuitBreaker
+from fanflow.resilience.breaker import CLOSED, OPEN, STATE_VALUES, BreakerConfig, CircuitBreaker
 from fanflow.resilience.failures import RetryPolicy, UpstreamFailure, parse_retry_after, wait_s
+from fanflow.resilience.fleet import fleet_from_settings
 from fanflow.resilience.ratelimit import Limiter, UpstreamLimits, limits_for, load_limits
-from fanflow.resilience.redis_breaker import PROBE, Decision, SharedBreakers
-from fanflow.resilience.redis_client import LOCAL, FleetRedis, FleetUnavailable, set_mode
+from fanflow.resilience.redis_breaker import Decision, SharedBreakers
+from fanflow.resilience.redis_client import LOCAL, FleetUnavailable, set_mode
 from fanflow.resilience.redis_limits import BudgetDeferred, CallKeys, FleetLimiter, Lease
 
 if TYPE_CHECKING:
@@ -60,7 +61,6 @@ T = TypeVar("T")
 #: what counts against a breaker; a 429 does not (the upstream works, it asks us to slow
 #: down, which the rate limiter does), nor does a 4xx or a malformed answer
 BREAKER_FAILURES = frozenset({"timeout", "connect", "status_5xx"})
-_STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 #: distinct upstream label values per process; later names share the label "other"
 MAX_UPSTREAM_LABELS = 200
 #: upstreams whose state is kept; the least recently used idle ones are forgotten
@@ -133,23 +133,13 @@ class Upstreams:
         default = UpstreamLimits(
             max_concurrency=settings.upstream_max_concurrency, rps=settings.upstream_rps
         )
-        fleet = None
-        shared = None
-        if settings.redis_url:
-            redis = FleetRedis(
-                settings.redis_url,
-                prefix=settings.redis_prefix or settings.namespace,
-                retry_s=settings.redis_retry_s,
-                timeout_s=settings.redis_timeout_s,
-            )
-            fleet = FleetLimiter(redis, lease_ttl_s=settings.redis_lease_ttl_s)
-            shared = SharedBreakers(redis, breaker, sync_s=settings.redis_breaker_sync_s)
+        fleet, shared = fleet_from_settings(settings, breaker)
         return cls(
             breaker=breaker,
             limits=limits,
             default_limits=default,
             fleet=fleet,
-            shared_breakers=shared if fleet is not None else None,
+            shared_breakers=shared,
         )
 
     async def call(
@@ -275,39 +265,20 @@ class Upstreams:
     async def _fleet_breaker(self, upstream: str, entry: _Upstream, kind: str) -> Decision | None:
         """The fleet's breaker for this call (None: none shared, or Redis not answering:
         the process's own breaker decides alone)."""
-        shared = self.shared_breakers
-        if shared is None or not shared.redis.available:
+        if self.shared_breakers is None:
             return None
-        try:
-            decision = await shared.check(upstream)
-        except FleetUnavailable:
-            return None
-        state = HALF_OPEN if decision.state == PROBE else decision.state
-        entry.gauge.set(_STATE_VALUES[state])
-        if decision.refused:
+        decision = await self.shared_breakers.admit(upstream, entry.gauge)
+        if decision is not None and decision.refused:
             raise self._refused(upstream, entry, kind, fleet=decision)
         return decision
 
-    async def _outcome_to_fleet(
+    async def _tell_fleet(
         self, upstream: str, entry: _Upstream, decision: Decision | None, *, failure: bool, was: str
     ) -> None:
-        """A probe's outcome, or this process's breaker opening, told to the fleet."""
-        shared = self.shared_breakers
-        if shared is None or decision is None:
-            return
-        try:
-            if decision.state == PROBE:
-                state = await shared.probed(upstream, decision, failure=failure)
-                if state in (OPEN, CLOSED):
-                    entry.gauge.set(_STATE_VALUES[state])
-                if entry.breaker.state == OPEN:  # the fleet decides; keep this one closed
-                    entry.breaker.reset()
-            elif was != OPEN and entry.breaker.state == OPEN:
-                await shared.open(upstream)
-                entry.breaker.reset()  # the fleet's breaker holds it open from now on
-                entry.gauge.set(_STATE_VALUES[OPEN])
-        except FleetUnavailable:
-            pass  # this process's breaker stays as it is: the fallback
+        if self.shared_breakers is not None and decision is not None:
+            await self.shared_breakers.report(
+                upstream, entry.breaker, entry.gauge, decision, failure=failure, was=was
+            )
 
     async def _guarded(
         self,
@@ -334,7 +305,7 @@ class Upstreams:
             self._observe(entry, kind, failure.reason, duration)
             # a probe answered with a 429 or 4xx found the upstream working: that counts as
             # a successful probe, as it would not count against the breaker
-            await self._outcome_to_fleet(upstream, entry, decision, failure=counts, was=was)
+            await self._tell_fleet(upstream, entry, decision, failure=counts, was=was)
             raise
         except Exception:
             entry.breaker.release(permit)
@@ -347,7 +318,7 @@ class Upstreams:
         entry.breaker.record(permit, failure=False, duration_s=duration)
         entry.limiter.succeeded()
         self._observe(entry, kind, "success", duration)
-        await self._outcome_to_fleet(upstream, entry, decision, failure=False, was=was)
+        await self._tell_fleet(upstream, entry, decision, failure=False, was=was)
         return result
 
     def _deferred(
@@ -360,16 +331,7 @@ class Upstreams:
     ) -> UpstreamFailure:
         FLOW_CONTROL_DEFERRED.labels(entry.label, kind, deferred.kind).inc()
         UPSTREAM_CALLS.labels(entry.label, kind, "deferred").inc()
-        # past the in-worker bound: the scheduler brings the task back later (as for a long
-        # Retry-After), so no worker sleeps on a task slot waiting for budget
-        wait = max(deferred.wait_s, max_wait_s + 0.001)
-        return UpstreamFailure(
-            f"upstream {upstream}: {deferred}; retry later",
-            reason="status_429",
-            retryable=True,
-            retry_after_s=wait,
-            error_type="RateLimitedError",
-        )
+        return deferred.failure(upstream, max_wait_s)
 
     def _refused(
         self, upstream: str, entry: _Upstream, kind: str, *, fleet: Decision | None = None
@@ -404,12 +366,12 @@ class Upstreams:
             return entry
         label = self._label(upstream)
         gauge = CIRCUIT_BREAKER_STATE.labels(label)
-        gauge.set(_STATE_VALUES[CLOSED])
+        gauge.set(STATE_VALUES[CLOSED])
         entry = _Upstream(
             breaker=CircuitBreaker(
                 self.breaker_config,
                 clock=self._clock,
-                on_change=lambda state: gauge.set(_STATE_VALUES[state]),
+                on_change=lambda state: gauge.set(STATE_VALUES[state]),
             ),
             limiter=Limiter(
                 limits_for(upstream, self.limits, self.default_limits),
