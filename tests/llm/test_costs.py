@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from prometheus_client import REGISTRY
 
 from fanflow.context import ExecutionContext
@@ -166,3 +171,49 @@ def test_prices_file(tmp_path: Path) -> None:
     path.write_text('"openai:x": {prompt: 1, cost: 3}\n')
     with pytest.raises(ValueError, match=r"the price of 'openai:x' must be a mapping with keys"):
         Prices.load(path)
+
+
+def test_fanflow_run_wires_prices_budget_and_the_redis_ledger(
+    mock_llm: MockFactory, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """`fanflow run` builds the accounting from its settings: the prices file, the budget,
+    and with FANFLOW_REDIS_URL the ledger (and cache, limits, breakers) in Redis."""
+    mock = mock_llm("--mode", "echo")
+    prices = tmp_path / "prices.yml"
+    prices.write_text('"openai:*": {prompt: 1000, completion: 1000}\n')  # per million tokens
+    env = {
+        **os.environ,
+        "FANFLOW_LLM_BASE_URL": mock.url,
+        "FANFLOW_LLM_PRICES_FILE": str(prices),
+        "FANFLOW_LLM_RUN_BUDGET": "0.05",  # ~0.012 a call: the fifth call crosses it
+        "FANFLOW_REDIS_URL": redis_url,
+        "FANFLOW_REDIS_PREFIX": redis_prefix,
+    }
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps({"n": 30}))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fanflow_services.cli",
+            "run",
+            str(ROOT / "tests" / "data" / "e2e" / "llm_fanout.yml"),
+            "--inputs-file",
+            str(inputs),
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    run = json.loads(done.stdout)
+    assert run["status"] == "failed"
+    assert "the run's LLM budget of 0.05 is spent" in run["error"]
+    ledger = redis.Redis.from_url(redis_url).hgetall(f"{redis_prefix}:run:{run['id']}:llm")
+    assert float(ledger[b"cost"]) > 0.05
+    billed = mock.stats()
+    assert int(ledger[b"prompt_tokens"]) == billed["prompt_tokens"]
+    assert int(ledger[b"completion_tokens"]) == billed["completion_tokens"]
