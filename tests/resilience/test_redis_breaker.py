@@ -150,3 +150,32 @@ async def test_without_redis_each_process_keeps_its_own_breaker(
         await alone.call(upstream, fail, kind="llm")
     assert refused.value.reason == "breaker_open"
     assert "shared by the fleet" not in str(refused.value)
+
+
+async def test_a_cancelled_probe_gives_its_place_back(redis_url: str, redis_prefix: str) -> None:
+    upstream = name()
+    config = BreakerConfig(
+        window_size=2, min_calls=2, open_wait_s=0.2, half_open_probes=1, probe_timeout_s=60
+    )
+    first, second = worker(redis_url, redis_prefix, config), worker(redis_url, redis_prefix, config)
+    for _ in range(2):
+        with pytest.raises(UpstreamFailure):
+            await first.call(upstream, fail, kind="llm")
+    await asyncio.sleep(0.25)
+
+    async def hang() -> str:
+        await asyncio.sleep(30)
+        return "late"
+
+    probe = asyncio.create_task(first.call(upstream, hang, kind="llm"))
+    await asyncio.sleep(0.1)
+    probe.cancel()  # the run stopped: the probe says nothing of the upstream
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+
+    async def ok() -> str:
+        return "ok"
+
+    # the round's one probe is free again: another worker's call probes and closes it
+    assert await second.call(upstream, ok, kind="llm") == "ok"
+    assert await first.call(upstream, ok, kind="llm") == "ok"

@@ -12,6 +12,7 @@ round whose probes never report (their worker died) starts over after `probe_tim
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +88,15 @@ if redis.call('HINCRBY', KEYS[1], 'ok', 1) >= needed then
   return 'closed'
 end
 return 'half_open'
+"""
+
+RELEASE_PROBE = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'gen', 'probes')
+if h[1] == 'half_open' and tonumber(h[2]) == tonumber(ARGV[1]) and tonumber(h[3]) > 0 then
+  redis.call('HINCRBY', KEYS[1], 'probes', -1)
+  return 1
+end
+return 0
 """
 
 #: how long a breaker's hash outlives its own deadline (ms), so stale keys go away
@@ -180,6 +190,14 @@ class SharedBreakers:
         state = result.decode() if isinstance(result, bytes) else str(result)
         self._copies.pop(upstream, None)
         return state
+
+    async def release_probe(self, upstream: str, decision: Decision) -> None:
+        """A probe that said nothing of the upstream (cancelled, or failed before
+        reaching it) gives its place back to the round."""
+        if decision.state != PROBE:
+            return
+        with contextlib.suppress(FleetUnavailable):
+            await self.redis.run(RELEASE_PROBE, [self._key(upstream)], [decision.generation])
 
     async def admit(self, upstream: str, gauge: Gauge) -> Decision | None:
         """`check`, published in the upstream's state gauge; None while Redis does not

@@ -280,6 +280,10 @@ class Upstreams:
                 upstream, entry.breaker, entry.gauge, decision, failure=failure, was=was
             )
 
+    async def _release_probe(self, upstream: str, decision: Decision | None) -> None:
+        if self.shared_breakers is not None and decision is not None:
+            await self.shared_breakers.release_probe(upstream, decision)
+
     async def _guarded(
         self,
         upstream: str,
@@ -310,9 +314,11 @@ class Upstreams:
         except Exception:
             entry.breaker.release(permit)
             self._observe(entry, kind, "error", self._clock() - started)
+            await self._release_probe(upstream, decision)
             raise
         except BaseException:  # cancelled: says nothing about the upstream
             entry.breaker.release(permit)
+            await asyncio.shield(self._release_probe(upstream, decision))
             raise
         duration = self._clock() - started
         entry.breaker.record(permit, failure=False, duration_s=duration)
