@@ -232,6 +232,7 @@ class Upstreams:
                     max_wait_s=budget.max_wait_s,
                 )
             except BudgetDeferred as deferred:
+                await self._release_probe(upstream, decision)  # it never went
                 raise self._deferred(upstream, entry, kind, deferred, budget.max_wait_s) from None
             except FleetUnavailable:
                 pass  # this call under the per-process limits (the mode is logged)
