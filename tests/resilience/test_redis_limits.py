@@ -163,26 +163,52 @@ async def test_concurrency_is_shared_across_clients(redis_url: str, redis_prefix
     assert most == 3
 
 
+_HOLDER = """
+import asyncio, sys
+from fanflow.resilience.ratelimit import UpstreamLimits
+from fanflow.resilience.redis_client import FleetRedis
+from fanflow.resilience.redis_limits import FleetLimiter
+
+async def main(url, prefix, upstream):
+    limiter = FleetLimiter(FleetRedis(url, prefix=prefix), lease_ttl_s=1.0)
+    for _ in range(2):
+        await limiter.acquire(upstream, UpstreamLimits(max_concurrency=2))
+    print("held", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
 async def test_a_killed_workers_slots_come_back_when_its_leases_expire(
     redis_url: str, redis_prefix: str
 ) -> None:
     upstream = name()
     limits = UpstreamLimits(max_concurrency=2)
-    dead = fleet(redis_url, redis_prefix, lease_ttl_s=0.5)
-    # a worker takes both slots and dies without handing them back
-    await dead.acquire(upstream, limits)
-    await dead.acquire(upstream, limits)
+    # a worker process takes both slots, then is killed without handing them back
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, redis_url, redis_prefix, upstream],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait(timeout=10)
+    holder.stdout.close()
+    killed_at = time.monotonic()
     alive = Upstreams(
-        limits={upstream: limits}, fleet=fleet(redis_url, redis_prefix, lease_ttl_s=0.5)
+        limits={upstream: limits},
+        fleet=fleet(redis_url, redis_prefix),
+        retry=RetryPolicy(max_attempts=1, max_in_worker_wait_s=3.0),
     )
 
     async def attempt() -> str:
         return "ok"
 
-    started = time.monotonic()
-    assert await alive.call(upstream, attempt, kind="llm", retry=ONCE) == "ok"
-    waited = time.monotonic() - started
-    assert 0.3 <= waited <= 2.0, waited
+    assert await alive.call(upstream, attempt, kind="llm") == "ok"
+    waited = time.monotonic() - killed_at
+    assert 0.5 <= waited <= 2.0, waited  # the leases lived 1 s: the call waited them out
 
 
 async def test_budget_past_the_wait_bound_is_a_retry_later_and_reserves_nothing(
