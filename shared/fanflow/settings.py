@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     llm_providers_file: Path | None = None
     #: one chat completion request, connect to last byte
     llm_timeout_s: float = 60.0
+    #: YAML or JSON: `{provider:model or glob: {prompt, completion, per, currency}}`, money
+    #: per `per` (default 1,000,000) tokens (fanflow.llm.costs)
+    llm_prices_file: Path | None = None
+    #: the most one run may spend on LLM calls, in the prices' currency (unset: no limit)
+    llm_run_budget: float | None = Field(default=None, gt=0)
 
     # ---- external calls (fanflow.resilience.upstreams) and the http-request node (fanflow.resilience.ssrf) ----
     #: let http-request nodes reach loopback, private and link-local addresses (SSRF guard off)
@@ -141,6 +146,22 @@ class Settings(BaseSettings):
     #: limits of the upstreams the file leaves out (per worker process; unset: none)
     upstream_max_concurrency: int | None = None
     upstream_rps: float | None = None
+
+    # ---- fleet-wide state in Redis (fanflow.resilience.redis_*) ----
+    #: e.g. redis://127.0.0.1:6379/0: the upstream limits file's entries (and rpm, tpm,
+    #: per_app, per_user) hold for the whole fleet, breakers are shared, the LLM cache
+    #: lives there; unset (or Redis not answering): per worker process
+    redis_url: str | None = None
+    #: prefix of every key (unset: FANFLOW_NAMESPACE)
+    redis_prefix: str | None = None
+    #: a Redis command's time limit; after a failure, per-process state for redis_retry_s
+    redis_timeout_s: float = 1.0
+    redis_retry_s: float = 5.0
+    #: a concurrency lease's life: longer than any call, so a killed worker's slots return
+    redis_lease_ttl_s: float = 120.0
+    #: how old a worker's copy of a closed shared breaker may be: an upstream opened by one
+    #: worker is refused by all within this time
+    redis_breaker_sync_s: float = 0.2
 
     # ---- pooled HTTP connections of LLM and http-request nodes (fanflow.http_pool) ----
     #: connections kept per upstream host; unset: the worker's prefetch (its concurrency
