@@ -54,9 +54,11 @@ class RunResult:
     created_at: int
     finished_at: int
     exceptions_count: int = 0
+    #: a chatflow's conversation variables as the run left them (not part of `as_dict`)
+    conversation: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "conversation"}
 
 
 @dataclass
@@ -182,6 +184,7 @@ class EmbeddedRunner:
                 environment=setup.environment,
                 conversation=setup.conversation,
                 conversation_types=setup.conversation_types,
+                history=setup.history,
             )
             carry_out(commands)
             while finished is None:
@@ -210,4 +213,5 @@ class EmbeddedRunner:
             created_at=int(created),
             finished_at=int(ended),
             exceptions_count=state.exceptions_count,
+            conversation=dict(state.conversation),
         )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fanflow.chat.turns import turn_end
 from fanflow.dsl.load import load_workflow
 from fanflow.mesh.topology import HEADER_READY_AT, Topology
 from fanflow.metrics import NODE_RETRIES, RUN_DURATION, RUNS_FINISHED, RUNS_STARTED
@@ -126,6 +127,7 @@ class RunDriver:
             environment=setup.environment,
             conversation=setup.conversation,
             conversation_types=setup.conversation_types,
+            history=setup.history,
         )
         RUNS_STARTED.labels(workflow.mode).inc()
         async with self.store.creating_run(
@@ -238,6 +240,8 @@ class RunDriver:
             finished_at=now if finished else None,
             elapsed_time=(now - started) if finished else None,
         )
+        if finished is not None and scheduler.workflow.mode == "advanced-chat":
+            await tx.finish_turn(turn_end(state, elapsed_time=now - started))
         if finished is not None:
             await tx.forget_scratch()
             RUNS_FINISHED.labels(finished.status).inc()

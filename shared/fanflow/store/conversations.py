@@ -120,8 +120,15 @@ async def _upsert_variables(
 
 
 async def finish_turn(connection: AsyncConnection, run_id: str, end: TurnEnd) -> None:
-    """Complete the turn of `run_id` inside the run's transaction (see `RunTransaction`)."""
-    now = time.time()
+    """Complete the turn of `run_id` inside the run's transaction (see `RunTransaction`).
+
+    A run that is no conversation's turn (no message row) changes nothing.
+    """
+    conversation_id = await connection.scalar(
+        select(messages.c.conversation_id).where(messages.c.run_id == run_id)
+    )
+    if conversation_id is None:
+        return
     await connection.execute(
         update(messages)
         .where(messages.c.run_id == run_id)
@@ -135,10 +142,10 @@ async def finish_turn(connection: AsyncConnection, run_id: str, end: TurnEnd) ->
     )
     await connection.execute(
         update(conversations)
-        .where(conversations.c.id == end.conversation_id)
-        .values(updated_at=now)
+        .where(conversations.c.id == conversation_id)
+        .values(updated_at=time.time())
     )
-    await _upsert_variables(connection, end.conversation_id, end.variables, keep_existing=False)
+    await _upsert_variables(connection, conversation_id, end.variables, keep_existing=False)
 
 
 class Conversations:
