@@ -53,3 +53,37 @@ def turn_end(state: RunState, *, elapsed_time: float | None) -> TurnEnd:
             for name, value in state.conversation.items()
         },
     )
+
+
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+}
+
+
+def value_type_error(value_type: str, value: Any) -> str | None:
+    """Why `value` cannot be a conversation variable of `value_type` (None: it can)."""
+
+    def fits(kind: str, item: Any) -> bool:
+        if kind == "any":
+            return True
+        types = _SCALARS.get(kind)
+        if types is None:
+            return True  # a type fanflow does not know: Dify's to judge, not ours
+        if kind == "number" and isinstance(item, bool):
+            return False
+        return isinstance(item, types)
+
+    if value_type.startswith("array[") and value_type.endswith("]"):
+        kind = value_type[len("array[") : -1]
+        if not isinstance(value, list):
+            return f"expected {value_type}, got {type(value).__name__}"
+        bad = next((item for item in value if not fits(kind, item)), None)
+        if bad is not None:
+            return f"expected {value_type}, got an item {bad!r}"
+        return None
+    if not fits(value_type, value):
+        return f"expected {value_type}, got {type(value).__name__}"
+    return None
