@@ -8,5 +8,6 @@ from tests.llm.conftest import MockFactory, MockLLM, mock_llm
 
 DATA = Path(__file__).resolve().parent / "data"
 MEMORY_CHAT = DATA / "memory_chat.yml"
+CLASSIFY_CHAT = DATA / "classify_chat.yml"
 
-__all__ = ["DATA", "MEMORY_CHAT", "MockFactory", "MockLLM", "mock_llm"]
+__all__ = ["CLASSIFY_CHAT", "DATA", "MEMORY_CHAT", "MockFactory", "MockLLM", "mock_llm"]

@@ -29,7 +29,12 @@ CHAT_EVENTS = frozenset(
 
 @pytest.fixture
 async def llm(mock_llm: MockFactory) -> MockLLM:
-    return mock_llm("--mode", "echo")
+    # echo the query; a query holding "explode" gets a 400 from the model (not retried)
+    return mock_llm(
+        "--mode",
+        "echo",
+        replies=[{"contains": "explode", "error": "the model exploded", "status": 400}],
+    )
 
 
 @pytest.fixture
