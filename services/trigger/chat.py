@@ -68,10 +68,10 @@ def _parse(raw: dict[str, Any]) -> ChatBody:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
         raise invalid_param(f"{field}: {first['msg']}") from None
+    # as Dify: the query may be empty, NUL characters are dropped
+    body.query = body.query.replace("\x00", "")
     if not body.user:
         raise invalid_param("user: must be a non-empty string")
-    if not body.query.strip():
-        raise invalid_param("query: is required (a non-empty string)")
     return body
 
 

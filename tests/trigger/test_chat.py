@@ -218,7 +218,7 @@ async def test_refusals_name_what_is_wrong(start_server: StartServer, chat_mesh:
     assert response.status_code == 404 and conversation_id in response.json()["message"]
     for body, field in (
         ({"inputs": {}, "user": "alice"}, "query"),
-        ({"query": "  ", "inputs": {}, "user": "alice"}, "query"),
+        ({"query": 5, "inputs": {}, "user": "alice"}, "query"),
         ({"query": "q", "inputs": {}}, "user"),
         ({"query": "q", "inputs": {}, "user": "alice", "response_mode": "fast"}, "response_mode"),
         ({"query": "q", "inputs": {"topic": "x" * 100}, "user": "alice"}, "topic"),

@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-#: nodes whose `memory` reads the conversation's earlier turns
-MEMORY_NODE_TYPES = frozenset({"llm", "parameter-extractor", "question-classifier"})
+from fanflow.registry import LLM_NODE_TYPES
+
+#: nodes whose `memory` reads the conversation's earlier turns: those that call a model
+MEMORY_NODE_TYPES = LLM_NODE_TYPES
 #: the most turns Dify ever reads into memory
 MAX_TURNS = 500
 HUMAN_PREFIX, ASSISTANT_PREFIX = "Human", "Assistant"
