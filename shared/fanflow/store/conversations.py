@@ -14,10 +14,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from sqlalchemy import and_, delete, or_, select, update
-from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from fanflow.store._engine import insert_for, write_transaction
+from fanflow.store._chat_rows import (
+    conversation_record,
+    message_record,
+    owned,
+    upsert_variables,
+    variable_record,
+)
+from fanflow.store._engine import write_transaction
 from fanflow.store.chat_records import (
     ConversationNotFound,
     ConversationRecord,
@@ -25,7 +31,6 @@ from fanflow.store.chat_records import (
     MessageNotFound,
     MessageRecord,
     Turn,
-    TurnEnd,
 )
 from fanflow.store.schema import conversation_variables, conversations, messages
 
@@ -39,113 +44,6 @@ MESSAGE_RUNNING, MESSAGE_NORMAL, MESSAGE_ERROR, MESSAGE_STOPPED = (
     "error",
     "stopped",
 )
-
-
-def variable_id(conversation_id: str, name: str) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fanflow:conversation:{conversation_id}:{name}"))
-
-
-def _conversation(row: Row[Any]) -> ConversationRecord:
-    return ConversationRecord(
-        id=row.id,
-        app_id=row.app_id,
-        user=row.end_user,
-        name=row.name,
-        inputs=row.inputs,
-        dialogue_count=row.dialogue_count,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
-
-
-def _message(row: Row[Any]) -> MessageRecord:
-    return MessageRecord(**{c.name: row._mapping[c.name] for c in messages.c})
-
-
-def _variable(row: Row[Any]) -> ConversationVariableRecord:
-    return ConversationVariableRecord(
-        id=row.id,
-        name=row.name,
-        value_type=row.value_type,
-        value=row.value,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
-
-
-def _owned(app_id: str, user: str, conversation_id: str) -> Any:
-    return and_(
-        conversations.c.id == conversation_id,
-        conversations.c.app_id == app_id,
-        conversations.c.end_user == user,
-    )
-
-
-async def _upsert_variables(
-    connection: AsyncConnection,
-    conversation_id: str,
-    variables: Mapping[str, tuple[str, Any]],
-    *,
-    keep_existing: bool,
-) -> None:
-    if not variables:
-        return
-    now = time.time()
-    insert = insert_for(connection)(conversation_variables)
-    rows = [
-        {
-            "conversation_id": conversation_id,
-            "name": name,
-            "id": variable_id(conversation_id, name),
-            "value_type": value_type,
-            "value": value,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for name, (value_type, value) in variables.items()
-    ]
-    keys = ["conversation_id", "name"]
-    if keep_existing:
-        statement = insert.on_conflict_do_nothing(index_elements=keys)
-    else:
-        statement = insert.on_conflict_do_update(
-            index_elements=keys,
-            set_={
-                "value": insert.excluded.value,
-                "value_type": insert.excluded.value_type,
-                "updated_at": insert.excluded.updated_at,
-            },
-        )
-    await connection.execute(statement, rows)
-
-
-async def finish_turn(connection: AsyncConnection, run_id: str, end: TurnEnd) -> None:
-    """Complete the turn of `run_id` inside the run's transaction (see `RunTransaction`).
-
-    A run that is no conversation's turn (no message row) changes nothing.
-    """
-    conversation_id = await connection.scalar(
-        select(messages.c.conversation_id).where(messages.c.run_id == run_id)
-    )
-    if conversation_id is None:
-        return
-    await connection.execute(
-        update(messages)
-        .where(messages.c.run_id == run_id)
-        .values(
-            answer=end.answer,
-            status=end.status,
-            error=end.error,
-            total_tokens=end.total_tokens,
-            elapsed_time=end.elapsed_time,
-        )
-    )
-    await connection.execute(
-        update(conversations)
-        .where(conversations.c.id == conversation_id)
-        .values(updated_at=time.time())
-    )
-    await _upsert_variables(connection, conversation_id, end.variables, keep_existing=False)
 
 
 class Conversations:
@@ -194,13 +92,13 @@ class Conversations:
                         updated_at=now,
                     )
                 )
-                await _upsert_variables(
+                await upsert_variables(
                     connection, conversation_id, variables or {}, keep_existing=True
                 )
             else:
                 result = await connection.execute(
                     update(conversations)
-                    .where(_owned(app_id, user, conversation_id))
+                    .where(owned(app_id, user, conversation_id))
                     .values(dialogue_count=conversations.c.dialogue_count + 1, updated_at=now)
                 )
                 if not result.rowcount:
@@ -213,7 +111,7 @@ class Conversations:
                     select(conversations).where(conversations.c.id == conversation_id)
                 )
             ).one()
-            record = _conversation(row)
+            record = conversation_record(row)
             await connection.execute(
                 messages.insert().values(
                     id=message_id,
@@ -272,15 +170,15 @@ class Conversations:
             row = (
                 await connection.execute(select(messages).where(messages.c.run_id == run_id))
             ).first()
-        return None if row is None else _message(row)
+        return None if row is None else message_record(row)
 
     # ---- conversations ----------------------------------------------------------------
 
     async def get(self, app_id: str, user: str, conversation_id: str) -> ConversationRecord | None:
-        statement = select(conversations).where(_owned(app_id, user, conversation_id))
+        statement = select(conversations).where(owned(app_id, user, conversation_id))
         async with self.engine.connect() as connection:
             row = (await connection.execute(statement)).first()
-        return None if row is None else _conversation(row)
+        return None if row is None else conversation_record(row)
 
     async def require(self, app_id: str, user: str, conversation_id: str) -> ConversationRecord:
         found = await self.get(app_id, user, conversation_id)
@@ -310,7 +208,7 @@ class Conversations:
             if last_id:
                 last = (
                     await connection.execute(
-                        select(conversations).where(_owned(app_id, user, last_id))
+                        select(conversations).where(owned(app_id, user, last_id))
                     )
                 ).first()
                 if last is None:
@@ -331,7 +229,7 @@ class Conversations:
                     select(conversations).where(*where).order_by(*order).limit(limit + 1)
                 )
             ).all()
-        return [_conversation(row) for row in rows[:limit]], len(rows) > limit
+        return [conversation_record(row) for row in rows[:limit]], len(rows) > limit
 
     async def rename(
         self, app_id: str, user: str, conversation_id: str, name: str
@@ -339,7 +237,7 @@ class Conversations:
         async with write_transaction(self.engine) as connection:
             result = await connection.execute(
                 update(conversations)
-                .where(_owned(app_id, user, conversation_id))
+                .where(owned(app_id, user, conversation_id))
                 .values(name=name, updated_at=time.time())
             )
             if not result.rowcount:
@@ -352,7 +250,7 @@ class Conversations:
         """Delete the conversation with its messages and variables."""
         async with write_transaction(self.engine) as connection:
             found = await connection.scalar(
-                select(conversations.c.id).where(_owned(app_id, user, conversation_id))
+                select(conversations.c.id).where(owned(app_id, user, conversation_id))
             )
             if found is None:
                 raise ConversationNotFound(
@@ -401,7 +299,7 @@ class Conversations:
                     .limit(limit + 1)
                 )
             ).all()
-        page = [_message(row) for row in rows[:limit]]
+        page = [message_record(row) for row in rows[:limit]]
         return list(reversed(page)), len(rows) > limit
 
     async def get_message(self, app_id: str, user: str, message_id: str) -> MessageRecord:
@@ -418,7 +316,7 @@ class Conversations:
             row = (await connection.execute(statement)).first()
         if row is None:
             raise MessageNotFound(f"Message Not Exists: no message {message_id!r} for this user")
-        return _message(row)
+        return message_record(row)
 
     async def set_feedback(
         self, app_id: str, user: str, message_id: str, *, rating: str | None, content: str | None
@@ -442,13 +340,13 @@ class Conversations:
         )
         async with self.engine.connect() as connection:
             rows = (await connection.execute(statement)).all()
-        return [_variable(row) for row in rows]
+        return [variable_record(row) for row in rows]
 
     async def set_variable(
         self, conversation_id: str, name: str, value_type: str, value: Any
     ) -> ConversationVariableRecord:
         async with write_transaction(self.engine) as connection:
-            await _upsert_variables(
+            await upsert_variables(
                 connection, conversation_id, {name: (value_type, value)}, keep_existing=False
             )
         for record in await self.variables(conversation_id):

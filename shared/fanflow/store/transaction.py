@@ -251,7 +251,7 @@ class RunTransaction:
     async def finish_turn(self, end: TurnEnd) -> None:
         """A chatflow turn ended with this run: its message's answer and the conversation's
         variables commit with the run's end."""
-        from fanflow.store.conversations import finish_turn
+        from fanflow.store._chat_rows import finish_turn
 
         await finish_turn(self._conn, self.run_id, end)
 
