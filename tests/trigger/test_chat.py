@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.chat.conftest import MEMORY_CHAT, MockFactory, MockLLM
-from tests.conftest import AMQP_URL, KIT, require_service
+from tests.conftest import AMQP_URL, KIT, fresh_postgres_database, require_service
 from tests.llm.conftest import mock_llm
 from tests.mesh.cluster import Cluster
 from tests.trigger.conftest import HELLO, Server, StartServer, bearer, read_sse
@@ -76,7 +76,36 @@ async def _turn(
 async def test_three_turns_with_memory_and_conversation_variables(
     start_server: StartServer, chat_mesh: Cluster, llm: MockLLM
 ) -> None:
-    server = await start_server(cluster=chat_mesh)
+    await _three_turns(await start_server(cluster=chat_mesh), llm)
+
+
+@pytest.fixture
+async def chat_mesh_postgres(tmp_path: Path, llm: MockLLM) -> AsyncIterator[Cluster]:
+    """`chat_mesh` on a fresh PostgreSQL database."""
+    require_service(AMQP_URL, "RabbitMQ")
+    with fresh_postgres_database("fanflow_chat_mesh") as url:
+        cluster = await Cluster.open(
+            database_url=url,
+            amqp_url=AMQP_URL,
+            log_dir=tmp_path / "logs",
+            namespace=f"fanflow-chat-{uuid.uuid4().hex[:10]}",
+        )
+        try:
+            cluster.start_worker(FANFLOW_LLM_BASE_URL=llm.url)
+            cluster.start_aggregator()
+            await cluster.wait_ready()
+            yield cluster
+        finally:
+            await cluster.close()
+
+
+async def test_three_turns_on_postgresql(
+    start_server: StartServer, chat_mesh_postgres: Cluster, llm: MockLLM
+) -> None:
+    await _three_turns(await start_server(cluster=chat_mesh_postgres), llm)
+
+
+async def _three_turns(server: Server, llm: MockLLM) -> None:
     key = await server.import_app(MEMORY_CHAT)
 
     first = await _turn(server, key, "what is a spider", inputs={"topic": "arachnids"})
