@@ -79,6 +79,7 @@ def start_run(scheduler: Scheduler, run_id: str, setup: RunSetup) -> tuple[RunSt
         environment=setup.environment,
         conversation=setup.conversation,
         conversation_types=setup.conversation_types,
+        history=setup.history,
     )
 
 

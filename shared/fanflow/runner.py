@@ -51,9 +51,11 @@ class RunResult:
     created_at: int
     finished_at: int
     exceptions_count: int = 0
+    #: a chatflow's conversation variables as the run left them (not part of `as_dict`)
+    conversation: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "conversation"}
 
 
 class EmbeddedRunner:
@@ -177,4 +179,5 @@ class EmbeddedRunner:
             created_at=int(created),
             finished_at=int(ended),
             exceptions_count=state.exceptions_count,
+            conversation=dict(state.conversation),
         )

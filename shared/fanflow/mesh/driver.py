@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fanflow.chat.turns import turn_end
 from fanflow.dsl.load import load_workflow
 from fanflow.kernel import settle_items, start_run
 from fanflow.mesh.topology import HEADER_READY_AT, Topology
@@ -218,6 +219,8 @@ class RunDriver:
             finished_at=now if finished else None,
             elapsed_time=(now - started) if finished else None,
         )
+        if finished is not None and scheduler.workflow.mode == "advanced-chat":
+            await tx.finish_turn(turn_end(state, elapsed_time=now - started))
         if finished is not None:
             await tx.forget_scratch()
             RUNS_FINISHED.labels(finished.status).inc()

@@ -1,10 +1,21 @@
-"""Durable state: apps, API keys, runs, node executions, iteration items, dedupe, outbox.
+"""Durable state: apps, API keys, runs, node executions, iteration items, dedupe, outbox;
+chatflow conversations, messages and conversation variables.
 
 The only package that talks SQL. Works on PostgreSQL (`postgresql+asyncpg://...`) and
 SQLite (`sqlite+aiosqlite:///path.db`) through the same SQLAlchemy Core code.
 """
 
 from fanflow.defaults import DATABASE_URL as DEFAULT_DATABASE_URL
+from fanflow.store.chat_records import (
+    ConversationNotFound,
+    ConversationRecord,
+    ConversationVariableRecord,
+    MessageNotFound,
+    MessageRecord,
+    Turn,
+    TurnEnd,
+)
+from fanflow.store.conversations import Conversations
 from fanflow.store.migrate import migrate
 from fanflow.store.records import (
     AppBusy,
@@ -26,6 +37,12 @@ __all__ = [
     "AppBusy",
     "AppNotFound",
     "AppRecord",
+    "ConversationNotFound",
+    "ConversationRecord",
+    "ConversationVariableRecord",
+    "Conversations",
+    "MessageNotFound",
+    "MessageRecord",
     "NodeExecutionRecord",
     "OutboxMessage",
     "RunExists",
@@ -35,6 +52,8 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredItem",
+    "Turn",
+    "TurnEnd",
     "hash_api_key",
     "migrate",
     "node_execution_id",

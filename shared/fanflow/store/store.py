@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from fanflow.scheduler.state import RUNNING
 from fanflow.store._engine import make_engine, write_transaction
 from fanflow.store._statements import statements_for
+from fanflow.store.conversations import Conversations
 from fanflow.store.migrate import upgrade
 from fanflow.store.records import (
     AppBusy,
@@ -86,6 +87,8 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        #: chatflow conversations, their messages and variables
+        self.conversations = Conversations(engine)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, **engine_options: Any) -> Store:
