@@ -185,6 +185,16 @@ _DECLARED = (
         "check_question_classifier",
         llm=True,
     ),
+    # tools and their DSL checks live in fanflow.tools (provider catalog, parameters)
+    NodeType(
+        "tool",
+        NodeKind.TASK,
+        execute_ref=_EXEC + "tool:run_tool_node",
+        queue_class="tool",
+        check_ref="fanflow.tools.node:check_tool",
+        reads_ref="fanflow.tools.node:tool_reads",
+        retryable=True,
+    ),
 )
 
 #: node type name -> its declaration

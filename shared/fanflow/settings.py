@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     blocking_timeout_s: float = defaults.MAX_RUN_SECONDS
 
     # ---- worker ----
-    worker_queues: str = "llm,http,code"
+    worker_queues: str = "llm,http,code,tool"
     #: prefetch of every class this worker serves; unset: per class, as below
     worker_prefetch: int | None = None
     task_timeout_s: float = defaults.TASK_TIMEOUT_S
@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     llm_providers_file: Path | None = None
     #: one chat completion request, connect to last byte
     llm_timeout_s: float = 60.0
+
+    # ---- tool nodes (fanflow.tools) ----
+    #: YAML or JSON: tool providers' keys and base URLs, custom OpenAPI providers
+    tools_file: Path | None = None
 
     # ---- external calls (fanflow.resilience.upstreams) and the http-request node (fanflow.resilience.ssrf) ----
     #: let http-request nodes reach loopback, private and link-local addresses (SSRF guard off)
