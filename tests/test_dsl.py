@@ -21,7 +21,7 @@ FILES = sorted(p.relative_to(DATA).as_posix() for p in DATA.rglob("*.yml"))
 REFUSED: dict[str, set[str]] = {
     "dsl/Claude3 Code Translation.yml": {"tool:aws"},
     "dsl/儿童故事播客.yml": {"tool:audio", "tool:comfyui"},
-    "dsl/出题组卷.yml": {"tool:feishu_document", "document-extractor"},
+    "dsl/出题组卷.yml": {"tool:feishu_document"},
     "dsl/文章仿写-单图_多图自动搭配.yml": {"tool:本地爬虫", "tool:imageSearch"},
     "dsl/资讯推送应用.yml": {"tool:wecom"},
     "fixtures/graphon_examples/graphon_chatflow_dsl_runner__chatflow_dsl_agent.yml": {"agent"},

@@ -195,6 +195,14 @@ _DECLARED = (
         reads_ref="fanflow.tools.node:tool_reads",
         retryable=True,
     ),
+    NodeType(
+        "document-extractor",
+        NodeKind.TASK,
+        execute_ref=_EXEC + "document_extractor:run_document_extractor",
+        queue_class="tool",
+        check_ref=_EXEC + "document_extractor:check_document_extractor",
+        retryable=True,
+    ),
 )
 
 #: node type name -> its declaration

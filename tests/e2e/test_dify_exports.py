@@ -131,7 +131,7 @@ FAILS_AT_RUN = {
 NOT_LOADABLE = {
     "Claude3 Code Translation.yml": "tool:aws",
     "儿童故事播客.yml": "tool:audio, tool:comfyui",
-    "出题组卷.yml": "tool:feishu_document, document-extractor",
+    "出题组卷.yml": "tool:feishu_document",
     "文章仿写-单图_多图自动搭配.yml": "tool:本地爬虫, tool:imageSearch",
     "资讯推送应用.yml": "tool:wecom",
 }

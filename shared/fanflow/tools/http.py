@@ -93,8 +93,10 @@ class ToolHttp:
         timeout_s: float = 60.0,
         trusted: bool = True,
         idempotent: bool = True,
+        max_bytes: int | None = None,
     ) -> ToolReply:
-        """`method url`; a 4xx is raised (status_4xx), 5xx and 429 raised after retries."""
+        """`method url`; a 4xx is raised (status_4xx), 5xx and 429 raised after retries.
+        `max_bytes` replaces the http-request node's caps (1 MiB text, 10 MiB else)."""
         try:
             target = httpx.URL(url, params=_params(params))
         except (httpx.InvalidURL, TypeError) as exc:
@@ -123,7 +125,9 @@ class ToolHttp:
         timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
 
         async def attempt() -> HttpReply:
-            return await self._send(client, method.upper(), target, sent_headers, body, timeout)
+            return await self._send(
+                client, method.upper(), target, sent_headers, body, timeout, max_bytes
+            )
 
         upstream = f"tool:{self._provider}" if trusted else f"host:{target.host}"
         policy = QUERY_RETRY if idempotent else _ONCE
@@ -142,6 +146,7 @@ class ToolHttp:
         headers: dict[str, str],
         content: bytes | None,
         timeout: httpx.Timeout,
+        max_bytes: int | None = None,
     ) -> HttpReply:
         for hop in range(MAX_REDIRECTS + 1):
             where = f"{self._label}: {self._provider}: {method} {_shown(url)}"
@@ -175,7 +180,10 @@ class ToolHttp:
                     url = next_url
                     continue
                 with self._errors(where):
-                    reply = await read_reply(response, where)
+                    if max_bytes is None:
+                        reply = await read_reply(response, where)
+                    else:
+                        reply = await _read_capped(response, where, max_bytes)
             finally:
                 await response.aclose()
             check_status(reply, where)
@@ -216,6 +224,25 @@ class ToolHttp:
                 status_code=exc.status_code,
                 error_type=exc.error_type,
             ) from exc
+
+
+async def _read_capped(response: httpx.Response, where: str, limit: int) -> HttpReply:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _invalid(f"{where}: the answer is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _invalid(f"{where}: the answer is larger than {limit} bytes")
+        chunks.append(chunk)
+    return HttpReply(
+        status_code=response.status_code,
+        headers=dict(response.headers),
+        content=b"".join(chunks),
+        encoding=response.encoding or "utf-8",
+    )
 
 
 def _params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
