@@ -168,7 +168,14 @@ _DECLARED = (
     _container("iteration", "check_iteration", "iteration-start"),
     _container("loop", "check_loop", "loop-start", "loop_reads"),
     _task("code", "code:run_code_node", "code", "check_code", retryable=True),
-    _task("http-request", "http_request:run_http_request", "http", "check_http", retryable=True),
+    _task(
+        "http-request",
+        "http_request:run_http_request",
+        "http",
+        "check_http",
+        reads="http_reads",
+        retryable=True,
+    ),
     _task("llm", "llm:run_llm_node", "llm", "check_llm", retryable=True, llm=True),
     _task(
         "parameter-extractor",
