@@ -4,6 +4,7 @@ providers known once the process's catalog has them, and a run through `fanflow 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -145,3 +146,35 @@ def test_fanflow_run_of_difys_time_tool_fixture(tmp_path: Path) -> None:
     result = json.loads(done.stdout)
     assert result["status"] == "succeeded"
     assert result["outputs"]["answer"] == "hello, dify!"
+
+
+def test_fanflow_validate_reads_custom_providers_from_the_tools_file(tmp_path: Path) -> None:
+    document = {
+        "openapi": "3.0.0",
+        "servers": [{"url": "https://weather.example"}],
+        "paths": {"/f": {"get": {"operationId": "forecast"}}},
+    }
+    tools = tmp_path / "tools.yml"
+    tools.write_text(yaml.safe_dump({"openapi": {"weather": {"schema": document}}}))
+    path = tmp_path / "wf.yml"
+    path.write_text(
+        workflow({"provider_name": "weather", "provider_type": "api", "tool_name": "forecast"})
+    )
+
+    def validate(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fanflow_services.cli", "validate", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env},
+        )
+
+    refused = validate()
+    assert refused.returncode == 2
+    assert "custom (OpenAPI) tool provider 'weather' (tool 'forecast') is not available" in (
+        refused.stderr
+    )
+    assert validate(FANFLOW_TOOLS_FILE=str(tools)).returncode == 0
+    broken = validate(FANFLOW_TOOLS_FILE=str(tmp_path / "missing.yml"))
+    assert broken.returncode == 2 and "cannot read the tools file" in broken.stderr

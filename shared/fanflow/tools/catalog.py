@@ -8,7 +8,7 @@ provider and the tool; `fanflow validate` reports that text, so a workflow that 
 provider fanflow lacks is refused before it runs.
 
 The process's catalog is built from its settings once (`catalog_from_settings`) and made the
-one validation reads with `activate`; without that, validation knows the built-ins only.
+one validation reads with `activate`; without that, from the environment on first use.
 """
 
 from __future__ import annotations
@@ -162,7 +162,12 @@ def activate(catalog: ToolCatalog) -> None:
 
 
 def active_catalog() -> ToolCatalog:
+    """The activated catalog; else, as `providers_from_environment` does for the LLM
+    providers, the one `FANFLOW_TOOLS_FILE` gives (every process validates the same way:
+    the CLI, the trigger's import, the aggregator's loads, the workers)."""
     global _active
     if _active is None:
-        _active = ToolCatalog()
+        from fanflow.settings import Settings
+
+        _active = catalog_from_settings(Settings())
     return _active

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from fanflow.errors import FanflowError
 from fanflow.tools.base import Tool, coerce_parameters
 from fanflow.tools.catalog import ToolNotFound, active_catalog
 from fanflow.variables import Lookup, render, resolve_or_none
@@ -58,7 +59,12 @@ def check_tool(data: Mapping[str, Any], problems: list[str]) -> None:
     if problems or not data:
         return
     try:
-        active_catalog().find(
+        catalog = active_catalog()
+    except FanflowError as exc:  # the tools file is unreadable or malformed
+        problems.append(str(exc))
+        return
+    try:
+        catalog.find(
             str(data.get("provider_type") or "builtin"),
             str(data.get("provider_id") or ""),
             str(data.get("provider_name") or ""),
