@@ -210,6 +210,14 @@ _DECLARED = (
         check_ref=_EXEC + "document_extractor:check_document_extractor",
         retryable=True,
     ),
+    NodeType(
+        "knowledge-retrieval",
+        NodeKind.TASK,
+        execute_ref=_EXEC + "knowledge_retrieval:run_knowledge_retrieval",
+        queue_class="tool",
+        check_ref=_EXEC + "knowledge_retrieval:check_knowledge_retrieval",
+        retryable=True,
+    ),
 )
 
 #: node type name -> its declaration

@@ -22,7 +22,7 @@ from fanflow.tools.base import Tool
 from fanflow.tools.builtin_json import JSON_TOOLS
 from fanflow.tools.builtin_text import REGEX_TOOLS
 from fanflow.tools.builtin_time import TIME_TOOLS
-from fanflow.tools.config import ProviderConfig, ToolsConfig, load_tools_file
+from fanflow.tools.config import DatasetConfig, ProviderConfig, ToolsConfig, load_tools_file
 from fanflow.tools.openapi import openapi_tools, server_url
 from fanflow.tools.search import SEARXNG_TOOLS, TAVILY_TOOLS, WIKIPEDIA_TOOLS
 from fanflow.tools.web import FIRECRAWL_TOOLS, JINA_TOOLS, WEBSCRAPER_TOOLS
@@ -90,6 +90,8 @@ class ToolCatalog:
     builtin: Mapping[str, Provider] = field(default_factory=lambda: dict(BUILTIN_PROVIDERS))
     custom: Mapping[str, Provider] = field(default_factory=dict)
     source: str | None = None
+    #: knowledge-retrieval's datasets (External Knowledge API), by Dify's dataset id
+    datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: ToolsConfig) -> ToolCatalog:
@@ -108,7 +110,7 @@ class ToolCatalog:
             custom[name] = provider
             if spec.provider_id:
                 custom[spec.provider_id] = provider
-        return cls(builtin=builtin, custom=custom, source=config.source)
+        return cls(builtin=builtin, custom=custom, source=config.source, datasets=config.datasets)
 
     def find(
         self, provider_type: str, provider_id: str, provider_name: str, tool_name: str

@@ -11,6 +11,9 @@ providers, and custom OpenAPI providers. Keys come from here, never from the DSL
         document: weather-openapi.yaml                  # relative to this file, or inline `schema`
         base_url: https://api.weather.example           # else the document's first server
         auth: {type: bearer, api_key_env: WEATHER_KEY}  # bearer | basic | header | query (+ name)
+    datasets:                                           # knowledge-retrieval's dataset_ids
+      6f1c...-uuid:                                     # Dify's External Knowledge API
+        {endpoint: https://kb.example/api, knowledge_id: handbook, api_key_env: KB_KEY, name: Handbook}
 
 A provider's `base_url` is trusted as the operator chose it: the SSRF guard lets calls to
 its host through (a self-hosted SearXNG on a private network works); a URL that comes from
@@ -32,6 +35,7 @@ import yaml
 from fanflow.errors import FanflowError
 
 __all__ = [
+    "DatasetConfig",
     "OpenApiConfig",
     "ProviderConfig",
     "ToolsConfig",
@@ -41,6 +45,7 @@ __all__ = [
 
 _PROVIDER_KEYS = frozenset({"base_url", "api_key", "api_key_env", "options"})
 _OPENAPI_KEYS = frozenset({"document", "schema", "base_url", "auth", "id"})
+_DATASET_KEYS = frozenset({"endpoint", "knowledge_id", "api_key", "api_key_env", "name"})
 _AUTH_TYPES = frozenset({"none", "bearer", "basic", "header", "query"})
 
 
@@ -75,9 +80,21 @@ class OpenApiConfig:
 
 
 @dataclass(frozen=True)
+class DatasetConfig:
+    """One dataset behind Dify's External Knowledge API (`POST {endpoint}/retrieval`)."""
+
+    dataset_id: str
+    endpoint: str
+    knowledge_id: str
+    api_key: str | None = None
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class ToolsConfig:
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     openapi: Mapping[str, OpenApiConfig] = field(default_factory=dict)
+    datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
     source: str | None = None
 
     def provider(self, name: str) -> ProviderConfig:
@@ -106,7 +123,7 @@ def parse_tools_config(
     env = os.environ if environ is None else environ
     if not isinstance(raw, Mapping):
         raise ToolsConfigInvalid(f"{where}: expected a mapping with `providers` and/or `openapi`")
-    unknown = set(raw) - {"providers", "openapi"}
+    unknown = set(raw) - {"providers", "openapi", "datasets"}
     if unknown:
         raise ToolsConfigInvalid(f"{where}: unknown top-level key(s) {sorted(unknown)}")
     providers = {
@@ -117,7 +134,31 @@ def parse_tools_config(
         str(name): _openapi(str(name), value, f"{where}: openapi.{name}", base_dir, env)
         for name, value in _section(raw, "openapi", where).items()
     }
-    return ToolsConfig(providers=providers, openapi=openapi, source=where)
+    datasets = {
+        str(name): _dataset(str(name), value, f"{where}: datasets.{name}", env)
+        for name, value in _section(raw, "datasets", where).items()
+    }
+    return ToolsConfig(providers=providers, openapi=openapi, datasets=datasets, source=where)
+
+
+def _dataset(name: str, value: Any, where: str, env: Mapping[str, str]) -> DatasetConfig:
+    if not isinstance(value, Mapping):
+        raise ToolsConfigInvalid(f"{where}: expected a mapping {{endpoint, knowledge_id, ...}}")
+    unknown = set(value) - _DATASET_KEYS
+    if unknown:
+        raise ToolsConfigInvalid(f"{where}: unknown key(s) {sorted(unknown)}")
+    endpoint = str(value.get("endpoint") or "")
+    if not endpoint.startswith(("http://", "https://")):
+        raise ToolsConfigInvalid(f"{where}.endpoint: expected an http(s) URL, got {endpoint!r}")
+    if not value.get("knowledge_id"):
+        raise ToolsConfigInvalid(f"{where}.knowledge_id: the external knowledge base's id")
+    return DatasetConfig(
+        dataset_id=name,
+        endpoint=endpoint.rstrip("/"),
+        knowledge_id=str(value["knowledge_id"]),
+        api_key=_key(value, where, env),
+        name=str(value.get("name") or name),
+    )
 
 
 def _section(raw: Mapping[str, Any], name: str, where: str) -> Mapping[str, Any]:
