@@ -24,7 +24,6 @@ REFUSED: dict[str, set[str]] = {
     "dsl/出题组卷.yml": {"tool:feishu_document"},
     "dsl/文章仿写-单图_多图自动搭配.yml": {"tool:本地爬虫", "tool:imageSearch"},
     "dsl/资讯推送应用.yml": {"tool:wecom"},
-    "fixtures/graphon_examples/graphon_chatflow_dsl_runner__chatflow_dsl_agent.yml": {"agent"},
     # Dify's auto-mock test names a provider that exists only as its mock
     "fixtures/http_request_with_json_tool_workflow.yml": {"tool:builtin"},
     "fixtures/knowledge_retrieval_v2_workflow.yml": {"knowledge-retrieval-v2"},
@@ -145,7 +144,7 @@ def test_all_problems_are_reported_together_with_node_id_and_title() -> None:
     text = _doc(
         [
             START,
-            _node("1719000000001", "agent", "Google Search"),
+            _node("1719000000001", "datasource", "Google Search"),
             _node("it", "iteration", "Each", iterator_selector="start.text", parallel_nums=0),
             _node("it-start", "iteration-start", iteration_id="it"),
             _end(["ghost", "x"], ["env", "nope"]),
@@ -158,7 +157,7 @@ def test_all_problems_are_reported_together_with_node_id_and_title() -> None:
         ],
     )
     assert _messages(text) == [
-        "unsupported node type 'agent' at node 1719000000001 (Google Search)",
+        "unsupported node type 'datasource' at node 1719000000001 (Google Search)",
         "iterator_selector must be a selector like [node_id, name], got 'start.text' "
         "at node it (Each)",
         "parallel_nums must be a positive whole number, got 0 at node it (Each)",

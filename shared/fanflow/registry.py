@@ -218,6 +218,14 @@ _DECLARED = (
         check_ref=_EXEC + "knowledge_retrieval:check_knowledge_retrieval",
         retryable=True,
     ),
+    NodeType(
+        "agent",
+        NodeKind.TASK,
+        execute_ref=_EXEC + "agent:run_agent_node",
+        queue_class="llm",
+        check_ref=_EXEC + "agent:check_agent",
+        retryable=True,
+    ),
 )
 
 #: node type name -> its declaration
