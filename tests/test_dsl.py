@@ -17,24 +17,22 @@ from fanflow.workflow import DefaultValue, RetryConfig, Workflow
 DATA = Path(__file__).resolve().parent / "data" / "dify"
 FILES = sorted(p.relative_to(DATA).as_posix() for p in DATA.rglob("*.yml"))
 
-#: Files refused, and why: the unsupported node types, or the document-level reason.
+#: Files refused, and why: the unsupported node types, the tool providers fanflow lacks
+#: (`tool:<provider>`), or the document-level reason.
 REFUSED: dict[str, set[str]] = {
-    "dsl/Claude3 Code Translation.yml": {"tool"},
-    "dsl/LanguageConsistencyChecker.yml": {"tool"},
-    "dsl/儿童故事播客.yml": {"tool"},
-    "dsl/出题组卷.yml": {"tool", "document-extractor"},
-    "dsl/文章仿写-单图_多图自动搭配.yml": {"tool"},
-    "dsl/获取金融投资新闻top10.yml": {"tool"},
-    "dsl/资讯推送应用.yml": {"tool"},
-    "dsl/链文智译-LinkTrans Smart.yml": {"tool"},
-    "fixtures/chatflow_time_tool_static_output_workflow.yml": {"tool"},
-    "fixtures/graphon_examples/graphon_chatflow_dsl_runner__chatflow_dsl_agent.yml": {"agent"},
-    "fixtures/http_request_with_json_tool_workflow.yml": {"tool"},
+    "dsl/Claude3 Code Translation.yml": {"tool:aws"},
+    "dsl/儿童故事播客.yml": {"tool:audio", "tool:comfyui"},
+    "dsl/出题组卷.yml": {"tool:feishu_document"},
+    "dsl/文章仿写-单图_多图自动搭配.yml": {"tool:本地爬虫", "tool:imageSearch"},
+    "dsl/资讯推送应用.yml": {"tool:wecom"},
+    # Dify's auto-mock test names a provider that exists only as its mock
+    "fixtures/http_request_with_json_tool_workflow.yml": {"tool:builtin"},
     "fixtures/knowledge_retrieval_v2_workflow.yml": {"knowledge-retrieval-v2"},
-    "fixtures/search_dify_from_2023_to_2025.yml": {"tool"},
+    "fixtures/search_dify_from_2023_to_2025.yml": {"tool:langgenius/perplexity/perplexity"},
     "fixtures/minimal_not_an_app.yml": {"not an app"},
 }
 _UNSUPPORTED = re.compile(r"^unsupported node type '([^']+)'$")
+_NO_PROVIDER = re.compile(r"^(?:built-in )?tool provider '([^']+)' \((?:tool|provider_type) ")
 
 
 def test_all_copied_files_are_covered() -> None:
@@ -54,6 +52,9 @@ def test_real_file_loads_or_is_refused_for_a_named_reason(name: str) -> None:
         if match:
             assert problem.node_id and problem.node_title
             reasons.add(match.group(1))
+        elif provider := _NO_PROVIDER.match(problem.message):
+            assert problem.node_id and problem.node_title
+            reasons.add(f"tool:{provider.group(1)}")
         else:
             assert problem.message.startswith("not a Dify app export"), problem
             reasons.add("not an app")
@@ -144,7 +145,7 @@ def test_all_problems_are_reported_together_with_node_id_and_title() -> None:
     text = _doc(
         [
             START,
-            _node("1719000000001", "tool", "Google Search"),
+            _node("1719000000001", "datasource", "Google Search"),
             _node("it", "iteration", "Each", iterator_selector="start.text", parallel_nums=0),
             _node("it-start", "iteration-start", iteration_id="it"),
             _end(["ghost", "x"], ["env", "nope"]),
@@ -157,7 +158,7 @@ def test_all_problems_are_reported_together_with_node_id_and_title() -> None:
         ],
     )
     assert _messages(text) == [
-        "unsupported node type 'tool' at node 1719000000001 (Google Search)",
+        "unsupported node type 'datasource' at node 1719000000001 (Google Search)",
         "iterator_selector must be a selector like [node_id, name], got 'start.text' "
         "at node it (Each)",
         "parallel_nums must be a positive whole number, got 0 at node it (Each)",

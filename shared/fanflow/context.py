@@ -49,6 +49,9 @@ class ExecutionContext:
     #: SSRF guard opt-outs for the http-request node (tests, private deployments)
     allow_private_networks: bool = False
     http_allow_list: tuple[str, ...] = ()
+    #: the tool providers of this process (`fanflow.tools.catalog.ToolCatalog`); None:
+    #: the built-ins, or the catalog `fanflow.tools.catalog.activate` installed
+    tools: Any = None
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     dsl_max_values: int = Field(default=250_000, ge=1)
 
     # ---- worker ----
-    worker_queues: str = "llm,http,code"
+    worker_queues: str = "llm,http,code,tool"
     #: prefetch of every class this worker serves; unset: per class, as below
     worker_prefetch: int | None = None
     task_timeout_s: float = defaults.TASK_TIMEOUT_S
@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     llm_prices_file: Path | None = None
     #: the most one run may spend on LLM calls, in the prices' currency (unset: no limit)
     llm_run_budget: float | None = Field(default=None, gt=0)
+
+    # ---- tool nodes (fanflow.tools) ----
+    #: YAML or JSON: tool providers' keys and base URLs, custom OpenAPI providers
+    tools_file: Path | None = None
 
     # ---- external calls (fanflow.resilience.upstreams) and the http-request node (fanflow.resilience.ssrf) ----
     #: let http-request nodes reach loopback, private and link-local addresses (SSRF guard off)

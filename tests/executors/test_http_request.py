@@ -372,6 +372,44 @@ async def test_invalid_json_body_fails_before_sending(server: _Server) -> None:
     assert server.hits == []
 
 
+@pytest.mark.parametrize(
+    ("broken", "repaired"),
+    [
+        ('{"a": 1 "b": "{{#start.name#}}"}', {"a": 1, "b": "Ada"}),  # a missing comma
+        ('{"a": [1, 2,], }', {"a": [1, 2]}),  # trailing commas
+        ("{'a': 'x'}", {"a": "x"}),  # single quotes
+    ],
+)
+async def test_a_broken_json_body_is_repaired_before_sending(
+    server: _Server, broken: str, repaired: dict[str, Any]
+) -> None:
+    task = http_task(
+        server.url("/echo"),
+        method="post",
+        body=body("json", text(broken)),
+        values={"start.name": "Ada"},
+    )
+    echoed = await echo(task)
+    assert json.loads(echoed["body"]) == repaired
+
+
+async def test_an_empty_form_data_file_item_is_left_out(server: _Server) -> None:
+    items = (
+        text("v", key="note"),
+        {"type": "file", "key": "upload", "file": ["start", "doc"]},
+        {"type": "file", "key": "more", "file": ["start", "docs"]},
+    )
+    task = http_task(
+        server.url("/echo"),
+        method="post",
+        body=body("form-data", *items),
+        values={"start.doc": None, "start.docs": []},
+    )
+    echoed = await echo(task)
+    assert 'name="note"' in echoed["body"]
+    assert "upload" not in echoed["body"] and "more" not in echoed["body"]
+
+
 async def test_urlencoded_body(server: _Server) -> None:
     task = http_task(
         server.url("/echo"),
@@ -414,7 +452,11 @@ async def test_form_data_body(server: _Server) -> None:
 async def test_file_bodies_are_refused_clearly(
     server: _Server, request_body: dict[str, Any]
 ) -> None:
-    result = await run(http_task(server.url("/echo"), method="post", body=request_body))
+    file = {"type": "document", "transfer_method": "remote_url", "url": "https://x.example/a"}
+    task = http_task(
+        server.url("/echo"), method="post", body=request_body, values={"start.doc": file}
+    )
+    result = await run(task)
     assert (result.error_type, result.retryable) == ("NotSupportedError", False)
     assert "not supported yet" in (result.error or "")
     assert server.hits == []

@@ -13,6 +13,7 @@ from fanflow.nodes.outputs import CodeLimits
 from fanflow.resilience.upstreams import Upstreams
 from fanflow.sandbox.pool import SandboxPool
 from fanflow.settings import Settings
+from fanflow.tools.catalog import ToolCatalog, activate, catalog_from_settings
 
 
 def context_from_settings(
@@ -38,7 +39,15 @@ def context_from_settings(
         llm_providers=Providers.from_settings(settings),
         allow_private_networks=settings.http_allow_private_networks,
         http_allow_list=tuple(settings.http_allow_list),
+        tools=tools_from_settings(settings),
     )
+
+
+def tools_from_settings(settings: Settings) -> ToolCatalog:
+    """The process's tool providers (`FANFLOW_TOOLS_FILE`), also the ones validation knows."""
+    catalog = catalog_from_settings(settings)
+    activate(catalog)
+    return catalog
 
 
 def http_pool_from_settings(settings: Settings, *, concurrency: int | None = None) -> HttpPool:
