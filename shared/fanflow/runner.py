@@ -9,7 +9,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fanflow.executors import ExecutionContext, execute_with_timeout
