@@ -21,7 +21,14 @@ CLI_DATA = ROOT / "tests" / "data" / "cli"
 DIFY_DATA = ROOT / "tests" / "data" / "dify"
 DIFY_FILES = sorted(p for p in DIFY_DATA.rglob("*") if p.suffix in (".yml", ".yaml"))
 #: the only reasons a file among Dify's own exports and fixtures may be refused
-ALLOWED_PROBLEMS = ("unsupported node type", "not a Dify app", "app mode")
+#: (tool nodes: refused only for a provider fanflow lacks, named)
+ALLOWED_PROBLEMS = (
+    "unsupported node type",
+    "not a Dify app",
+    "app mode",
+    "built-in tool provider",
+    "tool provider",
+)
 PYTHON_TRACEBACK = "Traceback (most recent call last)"
 
 DATA_KEYS = {
@@ -205,8 +212,8 @@ def test_invalid_workflow_exits_2_naming_every_problem() -> None:
     text = flat(done.stderr)
     assert "3 problem(s)" in text
     for problem in (
-        "unsupported node type 'tool' at node weather "
-        "(Weather Tool that fetches the current conditions for the requested city)",
+        "built-in tool provider 'weather' (tool 'current') is not available; fanflow has",
+        "at node weather (Weather Tool that fetches the current conditions for the requested city)",
         "edge 'e4' to missing node 'nowhere' at node end (Finish)",
         "missing node 'ghost' at node reader (Reader)",
     ):
@@ -294,7 +301,8 @@ def test_validate_lists_every_problem_of_a_file() -> None:
     assert f"{CLI_DATA / 'greet.yml'}: ok" in done.stdout
     text = flat(done.stderr)
     assert f"{CLI_DATA / 'invalid.yml'}: invalid" in text
-    assert "unsupported node type 'tool' at node weather (Weather Tool that" in text
+    assert "built-in tool provider 'weather' (tool 'current') is not available" in text
+    assert "at node weather (Weather Tool that" in text
     assert "edge 'e4' to missing node 'nowhere' at node end (Finish)" in text
     assert "missing node 'ghost' at node reader (Reader)" in text
     assert len(_problems(done.stderr)) == 3

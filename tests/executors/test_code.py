@@ -133,7 +133,7 @@ def test_every_task_node_type_has_an_executor() -> None:
     assert {t for t in TASK_NODE_TYPES if base.executor_for(t) is None} == set()
 
 
-@pytest.mark.parametrize("node_type", ["tool", "agent", "document-extractor"])
+@pytest.mark.parametrize("node_type", ["knowledge-retrieval-v2", "datasource", "human-input"])
 async def test_task_types_fanflow_does_not_declare_fail_without_retry(node_type: str) -> None:
     task = NodeTask(
         task_id="t", run_id="r", node_id="n1", node_type=node_type, node_title="Ask", data={}

@@ -23,6 +23,7 @@ from fanflow.tools.builtin_json import JSON_TOOLS
 from fanflow.tools.builtin_text import REGEX_TOOLS
 from fanflow.tools.builtin_time import TIME_TOOLS
 from fanflow.tools.config import DatasetConfig, ProviderConfig, ToolsConfig, load_tools_file
+from fanflow.tools.mcp import McpServerConfig, mcp_tool
 from fanflow.tools.openapi import openapi_tools, server_url
 from fanflow.tools.search import SEARXNG_TOOLS, TAVILY_TOOLS, WIKIPEDIA_TOOLS
 from fanflow.tools.web import FIRECRAWL_TOOLS, JINA_TOOLS, WEBSCRAPER_TOOLS
@@ -92,6 +93,8 @@ class ToolCatalog:
     source: str | None = None
     #: knowledge-retrieval's datasets (External Knowledge API), by Dify's dataset id
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
+    #: MCP servers (`provider_type: mcp`), by name and by Dify's provider id
+    mcp: Mapping[str, McpServerConfig] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: ToolsConfig) -> ToolCatalog:
@@ -110,7 +113,18 @@ class ToolCatalog:
             custom[name] = provider
             if spec.provider_id:
                 custom[spec.provider_id] = provider
-        return cls(builtin=builtin, custom=custom, source=config.source, datasets=config.datasets)
+        servers: dict[str, McpServerConfig] = {}
+        for name, server in config.mcp.items():
+            servers[name] = server
+            if server.provider_id:
+                servers[server.provider_id] = server
+        return cls(
+            builtin=builtin,
+            custom=custom,
+            source=config.source,
+            datasets=config.datasets,
+            mcp=servers,
+        )
 
     def find(
         self, provider_type: str, provider_id: str, provider_name: str, tool_name: str
@@ -121,13 +135,25 @@ class ToolCatalog:
                 provider_key(provider_name)
             )
             where = "built-in tool provider"
+        elif kind == "mcp":
+            server = self.mcp.get(provider_name) or self.mcp.get(provider_id)
+            if server is None:
+                raise ToolNotFound(
+                    f"MCP server {provider_id or provider_name!r} (tool {tool_name!r}) is not "
+                    "configured; add it under mcp: in the tools file (FANFLOW_TOOLS_FILE)"
+                )
+            trusted = ProviderConfig(base_url=server.url)
+            return Provider(server.name, {}, network=True, config=trusted), mcp_tool(
+                server, tool_name
+            )
         elif kind in CUSTOM_TYPES:
             provider = self.custom.get(provider_name) or self.custom.get(provider_id)
             where = "custom (OpenAPI) tool provider"
         else:
             raise ToolNotFound(
                 f"tool provider {provider_name or provider_id!r} (provider_type {kind!r}, tool "
-                f"{tool_name!r}) is not supported: fanflow runs builtin and api (OpenAPI) tools"
+                f"{tool_name!r}) is not supported: fanflow runs builtin, api (OpenAPI) and mcp "
+                "tools"
             )
         shown = provider_id or provider_name
         if provider is None:

@@ -11,6 +11,8 @@ providers, and custom OpenAPI providers. Keys come from here, never from the DSL
         document: weather-openapi.yaml                  # relative to this file, or inline `schema`
         base_url: https://api.weather.example           # else the document's first server
         auth: {type: bearer, api_key_env: WEATHER_KEY}  # bearer | basic | header | query (+ name)
+    mcp:                                                # provider_type: mcp
+      docs: {url: https://mcp.example/mcp, api_key_env: DOCS_MCP_KEY}
     datasets:                                           # knowledge-retrieval's dataset_ids
       6f1c...-uuid:                                     # Dify's External Knowledge API
         {endpoint: https://kb.example/api, knowledge_id: handbook, api_key_env: KB_KEY, name: Handbook}
@@ -33,6 +35,7 @@ import httpx
 import yaml
 
 from fanflow.errors import FanflowError
+from fanflow.tools.mcp import McpServerConfig
 
 __all__ = [
     "DatasetConfig",
@@ -95,6 +98,7 @@ class ToolsConfig:
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     openapi: Mapping[str, OpenApiConfig] = field(default_factory=dict)
     datasets: Mapping[str, DatasetConfig] = field(default_factory=dict)
+    mcp: Mapping[str, McpServerConfig] = field(default_factory=dict)
     source: str | None = None
 
     def provider(self, name: str) -> ProviderConfig:
@@ -123,7 +127,7 @@ def parse_tools_config(
     env = os.environ if environ is None else environ
     if not isinstance(raw, Mapping):
         raise ToolsConfigInvalid(f"{where}: expected a mapping with `providers` and/or `openapi`")
-    unknown = set(raw) - {"providers", "openapi", "datasets"}
+    unknown = set(raw) - {"providers", "openapi", "datasets", "mcp"}
     if unknown:
         raise ToolsConfigInvalid(f"{where}: unknown top-level key(s) {sorted(unknown)}")
     providers = {
@@ -138,7 +142,37 @@ def parse_tools_config(
         str(name): _dataset(str(name), value, f"{where}: datasets.{name}", env)
         for name, value in _section(raw, "datasets", where).items()
     }
-    return ToolsConfig(providers=providers, openapi=openapi, datasets=datasets, source=where)
+    mcp = {
+        str(name): _mcp(str(name), value, f"{where}: mcp.{name}", env)
+        for name, value in _section(raw, "mcp", where).items()
+    }
+    return ToolsConfig(
+        providers=providers, openapi=openapi, datasets=datasets, mcp=mcp, source=where
+    )
+
+
+def _mcp(name: str, value: Any, where: str, env: Mapping[str, str]) -> McpServerConfig:
+    if not isinstance(value, Mapping):
+        raise ToolsConfigInvalid(f"{where}: expected a mapping {{url, api_key_env, headers}}")
+    unknown = set(value) - {"url", "api_key", "api_key_env", "headers", "id"}
+    if unknown:
+        raise ToolsConfigInvalid(f"{where}: unknown key(s) {sorted(unknown)}")
+    url = str(value.get("url") or "")
+    if not url.startswith(("http://", "https://")):
+        raise ToolsConfigInvalid(f"{where}.url: the server's streamable HTTP URL, got {url!r}")
+    headers = value.get("headers") or {}
+    if not isinstance(headers, Mapping):
+        raise ToolsConfigInvalid(f"{where}.headers: expected a mapping")
+    headers = {str(k): str(v) for k, v in headers.items()}
+    key = _key(value, where, env)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return McpServerConfig(
+        name=name,
+        url=url,
+        headers=headers,
+        provider_id=str(value["id"]) if value.get("id") else None,
+    )
 
 
 def _dataset(name: str, value: Any, where: str, env: Mapping[str, str]) -> DatasetConfig:

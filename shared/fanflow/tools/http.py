@@ -81,6 +81,11 @@ class ToolHttp:
         self._allow_list = allow_list
         self._trusted = trusted_hosts
 
+    @property
+    def upstreams(self) -> Any:
+        """The process's `Upstreams` (for tools that call through another client)."""
+        return self._upstreams
+
     async def request(
         self,
         method: str,
