@@ -14,11 +14,16 @@ from typing import Any
 
 import yaml
 from fanflow_services.trigger.api import AppDep, TriggerDep
+from fanflow_services.trigger.errors import error_responses
 from fastapi import APIRouter
 
 from fanflow.store import AppRecord
 
-router = APIRouter(prefix="/v1", tags=["Service API: apps"])
+router = APIRouter(
+    prefix="/v1",
+    tags=["Service API: apps"],
+    responses=error_responses(400, 401, 404, 413, 429, 503),
+)
 
 #: Dify's upload limits (MB; files per run) when the export names none
 SYSTEM_PARAMETERS = {

@@ -25,7 +25,7 @@ from fanflow_services.trigger.api import (
 )
 from fanflow_services.trigger.bodies import read_json_object
 from fanflow_services.trigger.context import Trigger
-from fanflow_services.trigger.errors import ApiError, invalid_param, not_found
+from fanflow_services.trigger.errors import ApiError, error_responses, invalid_param, not_found
 from fanflow_services.trigger.streams import RunWatch, Shutdown
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -40,7 +40,11 @@ from fanflow.store import AppRecord, ConversationNotFound, ConversationRecord, R
 from fanflow.workflow import Workflow
 
 log = logging.getLogger("fanflow.trigger")
-router = APIRouter(prefix="/v1", tags=["Service API: chatflows"])
+router = APIRouter(
+    prefix="/v1",
+    tags=["Service API: chatflows"],
+    responses=error_responses(400, 401, 404, 413, 429, 503),
+)
 
 NEW_CONVERSATION_NAME = "New conversation"
 #: an auto-generated name is the first query, cut to this many characters

@@ -15,14 +15,18 @@ from fanflow_services.trigger.app_info import features_of, variable_descriptions
 from fanflow_services.trigger.bodies import read_json_object
 from fanflow_services.trigger.chat import AUTO_NAME_CHARS, chat_workflow, conversation_not_found
 from fanflow_services.trigger.context import Trigger
-from fanflow_services.trigger.errors import invalid_param, not_found
+from fanflow_services.trigger.errors import error_responses, invalid_param, not_found
 from fastapi import APIRouter, Query, Request, Response
 
 from fanflow.chat.turns import value_type_error
 from fanflow.store import AppRecord, ConversationNotFound, ConversationRecord, MessageNotFound
 from fanflow.store.conversations import SORT_KEYS
 
-router = APIRouter(prefix="/v1", tags=["Service API: conversations"])
+router = APIRouter(
+    prefix="/v1",
+    tags=["Service API: conversations"],
+    responses=error_responses(400, 401, 404, 413, 429, 503),
+)
 
 Limit = Annotated[int, Query(ge=1, le=100)]
 

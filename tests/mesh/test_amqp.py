@@ -386,7 +386,7 @@ def test_topology_names_and_arguments() -> None:
         "http",
         "code",
     ]
-    assert topology.classes == ("code", "http", "llm")
+    assert topology.classes == ("code", "http", "llm", "tool")
     assert topology.task_queue("llm") == "ns.tasks.llm"
     assert topology.task_route("parameter-extractor").routing_key == "llm"
     spec = topology.delay_queue_spec("http", 300)
