@@ -49,6 +49,7 @@ from fanflow.scheduler.state import (
     Scope,
 )
 from fanflow.variables import selector_key
+from fanflow.vocabulary import EventName
 from fanflow.workflow import Node, Workflow
 
 
@@ -91,7 +92,7 @@ class Scheduler:
         )
         state.scopes[""] = Scope(key="")
         step = _Step(self, state)
-        step.out.append(Emit("workflow_started", {"inputs": dict(inputs)}))
+        step.out.append(Emit(EventName.WORKFLOW_STARTED, {"inputs": dict(inputs)}))
         if self.limits.max_run_seconds:
             step.out.append(StartTimer(DEADLINE_TIMER, int(self.limits.max_run_seconds * 1000)))
         step.enter_scope("")
@@ -229,7 +230,7 @@ class _Step:
     def run_node(self, scope: Scope, node: Node) -> None:
         self.count_step()
         scope.nodes[node.id] = NodeRecord(status=NODE_RUNNING)
-        self.emit("node_started", scope, node)
+        self.emit(EventName.NODE_STARTED, scope, node)
         if node.is_task:
             self.dispatch(scope, node, attempt=0)
             return
@@ -280,7 +281,7 @@ class _Step:
         node = self.workflow.nodes[result.node_id]
         self.state.total_tokens += result.total_tokens
         tokens = result.total_tokens
-        if result.status == "succeeded":
+        if result.status == "succeeded":  # TaskResult.status is a Literal of NodeStatus values
             self.node_succeeded(
                 scope, node, dict(result.outputs), result.edge_handle, total_tokens=tokens
             )
@@ -298,7 +299,9 @@ class _Step:
             )
             # waiting past the run's deadline is pointless (and an upstream may ask for days)
             delay_ms = min(delay_ms, self._max_delay_ms())
-            self.emit("node_retry", scope, node, error=error, retry_index=result.attempt + 1)
+            self.emit(
+                EventName.NODE_RETRY, scope, node, error=error, retry_index=result.attempt + 1
+            )
             self.dispatch(scope, node, attempt=result.attempt + 1, delay_ms=delay_ms)
             return
         self.node_failed(scope, node, error, result.error_type or "NodeError", total_tokens=tokens)
@@ -317,7 +320,7 @@ class _Step:
         record.outputs = outputs
         record.handle = handle or "source"
         self.emit(
-            "node_finished",
+            EventName.NODE_FINISHED,
             scope,
             node,
             status=NODE_SUCCEEDED,
@@ -343,7 +346,7 @@ class _Step:
             record.outputs = outputs
             record.handle = "fail-branch" if strategy == "fail-branch" else "source"
             self.emit(
-                "node_finished",
+                EventName.NODE_FINISHED,
                 scope,
                 node,
                 status=NODE_EXCEPTION,
@@ -358,7 +361,7 @@ class _Step:
         record.status = NODE_FAILED
         record.outputs = None
         self.emit(
-            "node_finished",
+            EventName.NODE_FINISHED,
             scope,
             node,
             status=NODE_FAILED,
@@ -413,7 +416,7 @@ class _Step:
         state.outputs = outputs
         self.out.append(
             Emit(
-                "workflow_finished",
+                EventName.WORKFLOW_FINISHED,
                 {
                     "status": status,
                     "outputs": outputs,
@@ -434,7 +437,7 @@ class _Step:
                 if record.status == NODE_RUNNING:
                     record.status = status
                     self.emit(
-                        "node_finished",
+                        EventName.NODE_FINISHED,
                         scope,
                         self.workflow.nodes[node_id],
                         status=status,
