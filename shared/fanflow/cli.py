@@ -17,7 +17,7 @@ sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 from fanflow.errors import InputsInvalid, WorkflowInvalid  # noqa: E402
 from fanflow.health import DEFAULT_MAX_AGE_S  # noqa: E402
-from fanflow.vocabulary import SUCCESS_STATUSES  # noqa: E402
+from fanflow.vocabulary import SUCCESS_STATUSES, ExitCode  # noqa: E402
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -34,7 +34,7 @@ app = typer.Typer(
 #: rich's console on stderr, built on first use: importing rich costs ≈50 ms (tests set it)
 _err: Console | None = None
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = ExitCode.OK, ExitCode.FAILED, ExitCode.INVALID
 #: iterations at least this long get a progress bar on stderr
 PROGRESS_MIN_ITEMS = 20
 
