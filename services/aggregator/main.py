@@ -9,12 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fanflow.health import start_heartbeat
-from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
-from fanflow.mesh.aggregator import Aggregator
-from fanflow.mesh.amqp import AmqpBroker
-from fanflow.settings import Settings
-from fanflow.store import Store
+from fanflow import (
+    Aggregator,
+    AmqpBroker,
+    Settings,
+    Store,
+    configure_logging,
+    run_until_signalled,
+    serve_metrics,
+    start_heartbeat,
+)
 
 log = logging.getLogger("fanflow.aggregator")
 
