@@ -315,20 +315,35 @@ class _Step:
         *,
         total_tokens: int = 0,
     ) -> None:
+        self._node_done(scope, node, NODE_SUCCEEDED, outputs, handle or "source", total_tokens)
+
+    def _node_done(
+        self,
+        scope: Scope,
+        node: Node,
+        status: str,
+        outputs: dict[str, Any],
+        handle: str,
+        total_tokens: int,
+        **extra: Any,
+    ) -> None:
+        """The node ended and its run goes on along `handle` (succeeded, or an exception
+        its error strategy handles)."""
         record = scope.nodes[node.id]
-        record.status = NODE_SUCCEEDED
+        record.status = status
         record.outputs = outputs
-        record.handle = handle or "source"
+        record.handle = handle
         self.emit(
             EventName.NODE_FINISHED,
             scope,
             node,
-            status=NODE_SUCCEEDED,
+            status=status,
             outputs=outputs,
+            **extra,
             attempt=record.attempt,
             total_tokens=total_tokens,
         )
-        self._resolve_out_edges(scope, node, record.handle)
+        self._resolve_out_edges(scope, node, handle)
         self.mark_dirty(scope.key)
 
     def node_failed(
@@ -342,21 +357,8 @@ class _Step:
             if strategy == "default-value":
                 outputs.update({d.key: d.value for d in node.default_values})
             outputs.update({"error_message": error, "error_type": error_type})
-            record.status = NODE_EXCEPTION
-            record.outputs = outputs
-            record.handle = "fail-branch" if strategy == "fail-branch" else "source"
-            self.emit(
-                EventName.NODE_FINISHED,
-                scope,
-                node,
-                status=NODE_EXCEPTION,
-                outputs=outputs,
-                error=error,
-                attempt=record.attempt,
-                total_tokens=total_tokens,
-            )
-            self._resolve_out_edges(scope, node, record.handle)
-            self.mark_dirty(scope.key)
+            handle = "fail-branch" if strategy == "fail-branch" else "source"
+            self._node_done(scope, node, NODE_EXCEPTION, outputs, handle, total_tokens, error=error)
             return
         record.status = NODE_FAILED
         record.outputs = None
