@@ -67,14 +67,8 @@ class MemoryItems:
 
 def start_run(scheduler: Scheduler, run_id: str, setup: RunSetup) -> tuple[RunState, list[Command]]:
     """The run's first step, from what `fanflow.runtime.prepare_run` built."""
-    return scheduler.start(
-        run_id,
-        inputs=setup.inputs,
-        system=setup.system,
-        environment=setup.environment,
-        conversation=setup.conversation,
-        conversation_types=setup.conversation_types,
-    )
+    # RunSetup's fields are `Scheduler.start`'s keyword arguments, one for one
+    return scheduler.start(run_id, **vars(setup))
 
 
 async def settle_items(

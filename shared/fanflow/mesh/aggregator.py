@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TypeVar
 
 from fanflow.errors import DecodeError
@@ -45,27 +46,25 @@ def dead_task_failure(task: NodeTask, *, deliveries: int) -> TaskResult:
     )
 
 
+@dataclass
 class Aggregator:
     """Applies results, dead-lettered tasks and deadlines to the runs in `store`, and
     publishes what each step committed through `broker`."""
 
-    def __init__(
-        self,
-        store: Store,
-        broker: Broker,
-        *,
-        topology: Topology,
-        limits: Limits,
-        runs_in_parallel: int = RUNS_IN_PARALLEL,
-    ) -> None:
-        self.store = store
-        self.broker = broker
-        self.topology = topology
-        self.limits = limits
-        self.runs_in_parallel = runs_in_parallel
-        self.driver = RunDriver(store, topology, limits=limits)
-        self.relay = OutboxRelay(store, broker)
-        self.apps = RunApps(store)
+    store: Store
+    broker: Broker
+    _: KW_ONLY
+    topology: Topology
+    limits: Limits
+    runs_in_parallel: int = RUNS_IN_PARALLEL
+    driver: RunDriver = field(init=False)
+    relay: OutboxRelay = field(init=False)
+    apps: RunApps = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.driver = RunDriver(self.store, self.topology, limits=self.limits)
+        self.relay = OutboxRelay(self.store, self.broker)
+        self.apps = RunApps(self.store)
 
     async def recover(self) -> int:
         """Publish at once whatever a crashed process committed and never published."""
