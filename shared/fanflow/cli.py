@@ -15,6 +15,7 @@ import typer
 # does without it when it cannot be imported
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
+from fanflow import defaults  # noqa: E402
 from fanflow.errors import InputsInvalid, WorkflowInvalid  # noqa: E402
 from fanflow.health import DEFAULT_MAX_AGE_S  # noqa: E402
 from fanflow.vocabulary import SUCCESS_STATUSES, ExitCode  # noqa: E402
@@ -138,11 +139,18 @@ def run(
     ] = False,
     max_steps: Annotated[
         int | None,
-        typer.Option(help="Stop the run after this many node runs [FANFLOW_MAX_STEPS: 10000]."),
+        typer.Option(
+            help=f"Stop the run after this many node runs [FANFLOW_MAX_STEPS: {defaults.MAX_STEPS}]."
+        ),
     ] = None,
     max_run_seconds: Annotated[
         float | None,
-        typer.Option(help="Stop the run after this long [FANFLOW_MAX_RUN_SECONDS: 1200]."),
+        typer.Option(
+            help=(
+                "Stop the run after this long "
+                f"[FANFLOW_MAX_RUN_SECONDS: {defaults.MAX_RUN_SECONDS:g}]."
+            )
+        ),
     ] = None,
 ) -> None:
     """Run a workflow in this process and print its outputs as JSON."""
