@@ -49,6 +49,8 @@ async def async_run(settings: Settings, stop: asyncio.Event) -> None:
             await stop.wait()
             for task in background:
                 task.cancel()
+            # a sweep cancelled mid-transaction ends before the store closes
+            await asyncio.gather(*background, return_exceptions=True)
             await broker.drain(timeout_s=settings.drain_timeout_s)
     finally:
         await store.close()

@@ -100,8 +100,11 @@ async def mesh(
             try:
                 yield running
             finally:
-                for task in running.listeners + running.sweepers:
+                background = running.listeners + running.sweepers
+                for task in background:
                     task.cancel()
+                # a sweep cancelled mid-transaction must end before the store closes
+                await asyncio.gather(*background, return_exceptions=True)
                 await broker.drain(timeout_s=1)
     finally:
         await store.close()
