@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -178,6 +179,18 @@ def test_run_honours_the_task_timeout_of_the_environment(tmp_path: Path) -> None
     data = json.loads(done.stdout)
     assert data["status"] == "failed"
     assert "timed out after 0.5 s" in data["error"]
+
+
+def test_run_honours_the_run_deadline_of_the_environment(tmp_path: Path) -> None:
+    workflow = tmp_path / "slow.yml"
+    workflow.write_text(SLOW_CODE, encoding="utf-8")
+    started = time.monotonic()
+    done = fanflow("run", workflow, "--json", env_extra={"FANFLOW_MAX_RUN_SECONDS": "0.5"})
+    assert time.monotonic() - started < 20  # the code node sleeps 30 s
+    assert done.returncode == 1
+    data = json.loads(done.stdout)
+    assert data["status"] == "stopped"
+    assert "0.5" in data["error"], data["error"]
 
 
 SLOW_CODE = """

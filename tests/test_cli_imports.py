@@ -34,3 +34,19 @@ def test_fanflow_run_imports_no_service_module() -> None:
     heavy = [m for m in loaded if m.split(".")[0] in SERVICE_MODULES]
     assert heavy == []
     assert "rich" not in loaded  # the progress bar and error messages import it when used
+
+
+def test_the_public_surface_resolves_and_loads_nothing_until_used() -> None:
+    probe = (
+        "import json, sys, fanflow\n"
+        "before = sorted(sys.modules)\n"
+        "missing = [n for n in fanflow.__all__ if getattr(fanflow, n, None) is None]\n"
+        "print(json.dumps({'before': before, 'missing': missing}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    report = json.loads(done.stdout)
+    assert report["missing"] == []
+    loaded = [m for m in report["before"] if m.split(".")[0] in (*SERVICE_MODULES, "httpx")]
+    assert loaded == [], f"`import fanflow` loaded {loaded}"

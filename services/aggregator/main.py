@@ -9,12 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fanflow.health import start_heartbeat
-from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
-from fanflow.mesh.aggregator import Aggregator
-from fanflow.mesh.amqp import AmqpBroker
-from fanflow.settings import Settings
-from fanflow.store import Store
+from fanflow import (
+    Aggregator,
+    AmqpBroker,
+    Settings,
+    Store,
+    configure_logging,
+    run_until_signalled,
+    serve_metrics,
+    start_heartbeat,
+)
 
 log = logging.getLogger("fanflow.aggregator")
 
@@ -45,6 +49,8 @@ async def async_run(settings: Settings, stop: asyncio.Event) -> None:
             await stop.wait()
             for task in background:
                 task.cancel()
+            # a sweep cancelled mid-transaction ends before the store closes
+            await asyncio.gather(*background, return_exceptions=True)
             await broker.drain(timeout_s=settings.drain_timeout_s)
     finally:
         await store.close()

@@ -8,7 +8,9 @@ from typing import Any
 import httpx
 import typer
 
-from fanflow.cli import EXIT_FAILED, EXIT_INVALID
+from fanflow.vocabulary import ExitCode
+
+EXIT_FAILED, EXIT_INVALID = ExitCode.FAILED, ExitCode.INVALID
 
 TIMEOUT_S = 30.0
 

@@ -14,20 +14,23 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from fanflow.executors import execute_with_timeout
-from fanflow.executors.wiring import (
+from fanflow import (
+    AmqpBroker,
+    NodeTask,
+    SandboxPool,
+    Settings,
+    TaskResult,
+    Worker,
+    configure_logging,
     context_from_settings,
+    execute_with_timeout,
     http_pool_from_settings,
+    prefetch_for,
+    run_until_signalled,
     sandbox_from_settings,
+    serve_metrics,
+    start_heartbeat,
 )
-from fanflow.health import start_heartbeat
-from fanflow.lifecycle import configure_logging, run_until_signalled, serve_metrics
-from fanflow.mesh.amqp import AmqpBroker
-from fanflow.mesh.prefetch import prefetch_for
-from fanflow.mesh.worker import Worker
-from fanflow.messages import NodeTask, TaskResult
-from fanflow.sandbox.pool import SandboxPool
-from fanflow.settings import Settings
 
 log = logging.getLogger("fanflow.worker")
 

@@ -15,9 +15,10 @@ import typer
 # does without it when it cannot be imported
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
+from fanflow import defaults  # noqa: E402
 from fanflow.errors import InputsInvalid, WorkflowInvalid  # noqa: E402
 from fanflow.health import DEFAULT_MAX_AGE_S  # noqa: E402
-from fanflow.vocabulary import SUCCESS_STATUSES  # noqa: E402
+from fanflow.vocabulary import SUCCESS_STATUSES, ExitCode  # noqa: E402
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -34,7 +35,7 @@ app = typer.Typer(
 #: rich's console on stderr, built on first use: importing rich costs ≈50 ms (tests set it)
 _err: Console | None = None
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = ExitCode.OK, ExitCode.FAILED, ExitCode.INVALID
 #: iterations at least this long get a progress bar on stderr
 PROGRESS_MIN_ITEMS = 20
 
@@ -138,11 +139,18 @@ def run(
     ] = False,
     max_steps: Annotated[
         int | None,
-        typer.Option(help="Stop the run after this many node runs [FANFLOW_MAX_STEPS: 10000]."),
+        typer.Option(
+            help=f"Stop the run after this many node runs [FANFLOW_MAX_STEPS: {defaults.MAX_STEPS}]."
+        ),
     ] = None,
     max_run_seconds: Annotated[
         float | None,
-        typer.Option(help="Stop the run after this long [FANFLOW_MAX_RUN_SECONDS: 1200]."),
+        typer.Option(
+            help=(
+                "Stop the run after this long "
+                f"[FANFLOW_MAX_RUN_SECONDS: {defaults.MAX_RUN_SECONDS:g}]."
+            )
+        ),
     ] = None,
     conversation: Annotated[
         Path | None,

@@ -11,7 +11,7 @@ commands that really need it (dispatch, emit, timers, cancel, finish).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fanflow.runtime import RunSetup
 from fanflow.scheduler import (
@@ -24,14 +24,9 @@ from fanflow.scheduler import (
     Scheduler,
 )
 
-
-class StoredItemLike(Protocol):
-    @property
-    def index(self) -> int: ...
-    @property
-    def value(self) -> Any: ...
-    @property
-    def removed(self) -> bool: ...
+if TYPE_CHECKING:
+    # what the run's transaction hands back (a type only: no store at run time)
+    from fanflow.store.records import StoredItem
 
 
 class ItemStore(Protocol):
@@ -41,7 +36,7 @@ class ItemStore(Protocol):
         self, iteration: str, index: int, value: Any = None, removed: bool = False
     ) -> None: ...
 
-    async def collect_items(self, iteration: str) -> Sequence[StoredItemLike]:
+    async def collect_items(self, iteration: str) -> Sequence[ItemOutcome | StoredItem]:
         """Every recorded item of `iteration`, ordered by index, removed from the store."""
         ...
 
@@ -72,15 +67,8 @@ class MemoryItems:
 
 def start_run(scheduler: Scheduler, run_id: str, setup: RunSetup) -> tuple[RunState, list[Command]]:
     """The run's first step, from what `fanflow.runtime.prepare_run` built."""
-    return scheduler.start(
-        run_id,
-        inputs=setup.inputs,
-        system=setup.system,
-        environment=setup.environment,
-        conversation=setup.conversation,
-        conversation_types=setup.conversation_types,
-        history=setup.history,
-    )
+    # RunSetup's fields are `Scheduler.start`'s keyword arguments, one for one
+    return scheduler.start(run_id, **vars(setup))
 
 
 async def settle_items(

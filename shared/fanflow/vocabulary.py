@@ -75,3 +75,13 @@ class OutboxKind(enum.StrEnum):
     TASK = "task"
     EVENT = "event"
     CONTROL = "control"
+
+
+class ExitCode(enum.IntEnum):
+    """What a fanflow command exits with."""
+
+    OK = 0
+    #: the run failed or stopped, or the service could not do what was asked
+    FAILED = 1
+    #: the input (workflow, inputs, arguments) is invalid
+    INVALID = 2

@@ -13,6 +13,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from typing import TypeVar
 
 from fanflow.errors import DecodeError
 from fanflow.lifecycle import every
@@ -44,27 +46,25 @@ def dead_task_failure(task: NodeTask, *, deliveries: int) -> TaskResult:
     )
 
 
+@dataclass
 class Aggregator:
     """Applies results, dead-lettered tasks and deadlines to the runs in `store`, and
     publishes what each step committed through `broker`."""
 
-    def __init__(
-        self,
-        store: Store,
-        broker: Broker,
-        *,
-        topology: Topology,
-        limits: Limits,
-        runs_in_parallel: int = RUNS_IN_PARALLEL,
-    ) -> None:
-        self.store = store
-        self.broker = broker
-        self.topology = topology
-        self.limits = limits
-        self.runs_in_parallel = runs_in_parallel
-        self.driver = RunDriver(store, topology, limits=limits)
-        self.relay = OutboxRelay(store, broker)
-        self.apps = RunApps(store)
+    store: Store
+    broker: Broker
+    _: KW_ONLY
+    topology: Topology
+    limits: Limits
+    runs_in_parallel: int = RUNS_IN_PARALLEL
+    driver: RunDriver = field(init=False)
+    relay: OutboxRelay = field(init=False)
+    apps: RunApps = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.driver = RunDriver(self.store, self.topology, limits=self.limits)
+        self.relay = OutboxRelay(self.store, self.broker)
+        self.apps = RunApps(self.store)
 
     async def recover(self) -> int:
         """Publish at once whatever a crashed process committed and never published."""
@@ -95,33 +95,29 @@ class Aggregator:
 
     async def handle_results(self, deliveries: Sequence[Delivery]) -> list[Disposition]:
         AGGREGATOR_BATCH.observe(len(deliveries))
-        envelopes: list[tuple[str, Envelope] | None] = []
-        for delivery in deliveries:
-            try:
-                result = TaskResult.decode(delivery.body)
-            except DecodeError:
-                log.exception("rejecting an undecodable result %s", delivery.message_id)
-                envelopes.append(None)
-                continue
-            message_id = delivery.message_id or self.topology.result_message_id(result.task_id)
-            envelopes.append((result.run_id, Envelope(TaskFinished(result), message_id)))
+        envelopes = [self._result_envelope(delivery) for delivery in deliveries]
         return await self._apply_grouped(envelopes)
 
     async def handle_dead_tasks(self, deliveries: Sequence[Delivery]) -> list[Disposition]:
         """A task the broker gave up on fails its node (and so its run, or its error branch)."""
-        envelopes: list[tuple[str, Envelope] | None] = []
-        for delivery in deliveries:
-            try:
-                task = NodeTask.decode(delivery.body)
-            except DecodeError:
-                log.error("dropping an undecodable dead-lettered task %s", delivery.message_id)
-                envelopes.append(None)
-                continue
-            failure = dead_task_failure(task, deliveries=delivery.delivery_count + 1)
-            envelopes.append((task.run_id, Envelope(TaskFinished(failure), f"dead:{task.task_id}")))
-        dispositions = await self._apply_grouped(envelopes)
-        # an undecodable dead task has nowhere else to go: acknowledged, logged above
+        dispositions = await self._apply_grouped([self._dead_envelope(d) for d in deliveries])
+        # an undecodable dead task has nowhere else to go: acknowledged, logged when decoded
         return [Disposition.ACK if d is Disposition.REJECT else d for d in dispositions]
+
+    def _result_envelope(self, delivery: Delivery) -> tuple[str, Envelope] | None:
+        result = _decoded(TaskResult, delivery, "rejecting an undecodable result")
+        if result is None:
+            return None
+        message_id = delivery.message_id or self.topology.result_message_id(result.task_id)
+        return result.run_id, Envelope(TaskFinished(result), message_id)
+
+    @staticmethod
+    def _dead_envelope(delivery: Delivery) -> tuple[str, Envelope] | None:
+        task = _decoded(NodeTask, delivery, "dropping an undecodable dead-lettered task")
+        if task is None:
+            return None
+        failure = dead_task_failure(task, deliveries=delivery.delivery_count + 1)
+        return task.run_id, Envelope(TaskFinished(failure), f"dead:{task.task_id}")
 
     async def end_overdue_runs(self) -> int:
         """Runs past the run deadline end as stopped (the scheduler names the limit)."""
@@ -186,3 +182,15 @@ class Aggregator:
                 # results must not be applied again
                 log.warning("publishing run %s's step failed, left to the sweep: %s", run_id, exc)
         return Disposition.ACK
+
+
+M = TypeVar("M", NodeTask, TaskResult)
+
+
+def _decoded(message_type: type[M], delivery: Delivery, problem: str) -> M | None:
+    try:
+        message: M = message_type.decode(delivery.body)
+    except DecodeError:
+        log.exception("%s %s", problem, delivery.message_id)
+        return None
+    return message

@@ -10,7 +10,7 @@ requeues or rejects to the dead-letter exchange accordingly.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -36,13 +36,13 @@ from fanflow.mesh.topology import QueueSpec, Topology
 from fanflow.mesh.transport import (
     EVENT_BATCH,
     BatchHandler,
+    Broker,
     BrokerError,
     Delivery,
     Disposition,
     Event,
     Handler,
     Publish,
-    Publisher,
     PublishFailed,
     Unroutable,
     batch_body,
@@ -69,7 +69,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class AmqpBroker(Publisher):
+class AmqpBroker(Broker):
     """A robust connection to RabbitMQ with a confirming publisher and fanflow's consumers.
 
     Use as ``async with AmqpBroker(url, topology=...) as broker``. Call `declare()` once
@@ -150,37 +150,6 @@ class AmqpBroker(Publisher):
         return int(count or 0)
 
     # -- publishing -----------------------------------------------------------------------
-
-    async def publish_raw(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        *,
-        message_id: str | None,
-        headers: Mapping[str, Any] | None = None,
-        persistent: bool = True,
-        delay_ms: int = 0,
-        mandatory: bool = True,
-    ) -> None:
-        """Publish and wait for the broker's confirm; raises `Unroutable` / `PublishFailed`.
-
-        ``exchange`` "" is the default exchange. A delay is only for the tasks exchange:
-        the message waits in the class's delay queue, which then routes it on.
-        """
-        publication = Publish(
-            exchange,
-            routing_key,
-            body,
-            message_id=message_id,
-            headers=headers,
-            persistent=persistent,
-            delay_ms=delay_ms,
-            mandatory=mandatory,
-        )
-        [error] = await self.publish_many([publication])
-        if error is not None:
-            raise error
 
     async def publish_many(self, publications: Sequence[Publish]) -> list[Exception | None]:
         """Publish every message at once and await their confirms together: per message,
@@ -272,25 +241,12 @@ class AmqpBroker(Publisher):
         await self._start(consumer, prefetch)
         return consumer
 
-    async def consume_batches(
-        self,
-        queue_name: str,
-        handler: BatchHandler,
-        *,
-        batch_size: int,
-        max_wait_s: float,
-        prefetch: int | None = None,
-    ) -> Consumer:
-        """Hand deliveries to `handler` in batches of up to `batch_size`, waiting at most
-        `max_wait_s` after the first one; the handler returns one Disposition per delivery.
-
-        Batches run one at a time. When the handler raises on a batch, each delivery is
-        retried alone, so one poison message does not spend its batch-mates' deliveries.
-        """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    async def _consume_batches(
+        self, queue_name: str, handler: BatchHandler, batch_size: int, max_wait_s: float,
+        prefetch: int,
+    ) -> Consumer:  # fmt: skip
         consumer = BatchConsumer(queue_name, handler, batch_size, max_wait_s)
-        await self._start(consumer, prefetch or 2 * batch_size)
+        await self._start(consumer, prefetch)
         return consumer
 
     async def subscribe_events(self, pattern: str | None = None) -> EventSubscription:

@@ -35,7 +35,7 @@ from fanflow.scheduler import (
     load_state,
 )
 from fanflow.store import AppRecord, OutboxMessage, RunTransaction, Store
-from fanflow.vocabulary import FINISHED_STATUSES, OutboxKind
+from fanflow.vocabulary import FINISHED_STATUSES, EventName, NodeStatus, OutboxKind
 from fanflow.workflow import Workflow
 
 KIND_TASK, KIND_EVENT, KIND_CONTROL = OutboxKind.TASK, OutboxKind.EVENT, OutboxKind.CONTROL
@@ -43,7 +43,7 @@ FINISHED = FINISHED_STATUSES
 #: events written to the outbox (published even if this process dies right after commit):
 #: the ones blocking calls and streams need to end. Every other event is progress, published
 #: after commit without a row, lost on a crash (README: "Durable and best-effort events").
-DURABLE_EVENTS = frozenset({"workflow_started", "workflow_finished"})
+DURABLE_EVENTS = frozenset({EventName.WORKFLOW_STARTED, EventName.WORKFLOW_FINISHED})
 
 
 class Committed(list[int]):
@@ -184,7 +184,7 @@ class RunDriver:
                     node_type=task.node_type,
                     title=task.node_title,
                     scope=task.scope,
-                    status="running",
+                    status=NodeStatus.RUNNING,
                     inputs=dict(task.variables),
                     attempts=task.attempt + 1,
                     started_at=now if task.attempt == 0 else None,
@@ -263,25 +263,25 @@ class RunDriver:
     @staticmethod
     async def _record_node(tx: RunTransaction, emit: Emit, now: float) -> None:
         data = emit.data
-        if emit.event == "node_started" and data["node_type"] not in TASK_NODE_TYPES:
+        if emit.event == EventName.NODE_STARTED and data["node_type"] not in TASK_NODE_TYPES:
             # a task node's row is written with its dispatch, inputs included
             await tx.upsert_node_execution(
                 node_id=data["node_id"],
                 node_type=data["node_type"],
                 title=data.get("title", ""),
                 scope=data.get("scope", ""),
-                status="running",
+                status=NodeStatus.RUNNING,
                 started_at=now,
             )
-        elif emit.event == "node_retry":
+        elif emit.event == EventName.NODE_RETRY:
             NODE_RETRIES.labels(data["node_type"]).inc()
-        elif emit.event == "node_finished":
+        elif emit.event == EventName.NODE_FINISHED:
             await tx.upsert_node_execution(
                 node_id=data["node_id"],
                 node_type=data["node_type"],
                 title=data.get("title", ""),
                 scope=data.get("scope", ""),
-                status=data.get("status", "succeeded"),
+                status=data.get("status", NodeStatus.SUCCEEDED),
                 outputs=data.get("outputs"),
                 error=data.get("error"),
                 attempts=int(data.get("attempt", 0)) + 1,

@@ -34,10 +34,11 @@ from fanflow.mesh.memory_consumers import (
 from fanflow.mesh.topology import QueueSpec, Topology
 from fanflow.mesh.transport import (
     BatchHandler,
+    Broker,
     BrokerError,
     Disposition,
     Handler,
-    Publisher,
+    Publish,
     PublishFailed,
     Unroutable,
 )
@@ -64,7 +65,7 @@ class _Queue:
         return int(limit) if limit is not None else None
 
 
-class MemoryBroker(Publisher):
+class MemoryBroker(Broker):
     """`AmqpBroker`'s interface, in this process's memory. Use as ``async with``."""
 
     def __init__(self, *, topology: Topology | None = None) -> None:
@@ -114,32 +115,27 @@ class MemoryBroker(Publisher):
 
     # -- publishing -----------------------------------------------------------------------
 
-    async def publish_raw(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        *,
-        message_id: str | None,
-        headers: Mapping[str, Any] | None = None,
-        persistent: bool = True,
-        delay_ms: int = 0,
-        mandatory: bool = True,
-    ) -> None:
-        """Route a message now (or after `delay_ms`, tasks only); raises `Unroutable` when a
+    async def _publish_one(self, publication: Publish) -> None:
+        """Route a message now (or after its delay, tasks only); raises `Unroutable` when a
         mandatory message reaches no queue, `PublishFailed` for an undeclared exchange."""
+        exchange, routing_key = publication.exchange, publication.routing_key
         self._check_connected()
-        if delay_ms:
+        if publication.delay_ms:
             if exchange != self.topology.tasks_exchange:
                 raise ValueError(f"only tasks can be delayed, not messages to {exchange!r}")
-            spec = self.topology.delay_queue_spec(routing_key, delay_ms)
+            spec = self.topology.delay_queue_spec(routing_key, publication.delay_ms)
             self._declare_queue(spec)
             self._delay_queues.add(spec.name)
             exchange, routing_key = "", spec.name
         message = MemoryMessage(
-            bytes(body), dict(headers or {}), message_id, exchange, routing_key, persistent
+            bytes(publication.body),
+            dict(publication.headers or {}),
+            publication.message_id,
+            exchange,
+            routing_key,
+            publication.persistent,
         )
-        if not self._route(message) and mandatory:
+        if not self._route(message) and publication.mandatory:
             raise Unroutable(
                 f"no queue for {routing_key!r} on exchange {exchange or '(default)'!r}"
             )
@@ -150,20 +146,11 @@ class MemoryBroker(Publisher):
         """Run `handler` on every delivery, at most `prefetch` at a time (as `AmqpBroker`)."""
         return self._start(SingleMemoryConsumer(self, queue_name, handler, prefetch))
 
-    async def consume_batches(
-        self,
-        queue_name: str,
-        handler: BatchHandler,
-        *,
-        batch_size: int,
-        max_wait_s: float,
-        prefetch: int | None = None,
-    ) -> MemoryConsumer:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        consumer = BatchMemoryConsumer(
-            self, queue_name, handler, prefetch or 2 * batch_size, batch_size, max_wait_s
-        )
+    async def _consume_batches(
+        self, queue_name: str, handler: BatchHandler, batch_size: int, max_wait_s: float,
+        prefetch: int,
+    ) -> MemoryConsumer:  # fmt: skip
+        consumer = BatchMemoryConsumer(self, queue_name, handler, prefetch, batch_size, max_wait_s)
         return self._start(consumer)
 
     async def subscribe_events(self, pattern: str | None = None) -> MemoryEventSubscription:

@@ -138,35 +138,27 @@ class OutboxRelay:
 
     def _publication(self, message: OutboxMessage) -> Publish | None:
         topology = self.broker.topology
-        if message.kind == KIND_TASK:
-            return Publish(
-                topology.tasks_exchange,
-                message.routing,
-                message.body,
-                message_id=message.message_id,
-                headers=message.headers,
-                delay_ms=message.delay_ms,
-            )
-        if message.kind == KIND_EVENT:
-            return Publish(
-                topology.events_exchange,
-                message.routing,
-                message.body,
-                message_id=message.message_id,
-                persistent=False,
-                mandatory=False,
-            )
-        if message.kind == KIND_CONTROL:
-            return Publish(
-                topology.control_exchange,
-                "",
-                message.body,
-                message_id=message.message_id,
-                persistent=False,
-                mandatory=False,
-            )
-        log.error("outbox message %s has an unknown kind %r", message.message_id, message.kind)
-        return None
+        # tasks are durable and must reach a queue; events and controls may reach nobody
+        exchanges: dict[str, str] = {
+            KIND_TASK: topology.tasks_exchange,
+            KIND_EVENT: topology.events_exchange,
+            KIND_CONTROL: topology.control_exchange,
+        }
+        exchange = exchanges.get(message.kind)
+        if exchange is None:
+            log.error("outbox message %s has an unknown kind %r", message.message_id, message.kind)
+            return None
+        task = message.kind == KIND_TASK
+        return Publish(
+            exchange,
+            message.routing if message.kind != KIND_CONTROL else "",
+            message.body,
+            message_id=message.message_id,
+            headers=message.headers if task else None,
+            delay_ms=message.delay_ms if task else 0,
+            persistent=task,
+            mandatory=task,
+        )
 
 
 def _run_of(message: OutboxMessage) -> str:

@@ -86,6 +86,16 @@ class Route:
     routing_key: str
 
 
+class _Name:
+    """A name of the deployment's namespace, read as an attribute: ``<namespace>.<suffix>``."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+
+    def __get__(self, topology: Topology, owner: type[Topology]) -> str:
+        return f"{topology.namespace}.{self.suffix}"
+
+
 @dataclass(frozen=True)
 class Topology:
     """Every name fanflow declares on the broker, from a namespace and the node classes.
@@ -121,33 +131,13 @@ class Topology:
         """The worker classes, sorted, each once."""
         return tuple(sorted(set(self.node_classes.values())))
 
-    @property
-    def tasks_exchange(self) -> str:
-        return f"{self.namespace}.tasks"
-
-    @property
-    def results_queue(self) -> str:
-        return f"{self.namespace}.results"
-
-    @property
-    def events_exchange(self) -> str:
-        return f"{self.namespace}.events"
-
-    @property
-    def control_exchange(self) -> str:
-        return f"{self.namespace}.control"
-
-    @property
-    def dead_letter_exchange(self) -> str:
-        return f"{self.namespace}.dlx"
-
-    @property
-    def dead_tasks_queue(self) -> str:
-        return f"{self.namespace}.dead.tasks"
-
-    @property
-    def dead_results_queue(self) -> str:
-        return f"{self.namespace}.dead.results"
+    tasks_exchange = _Name("tasks")
+    results_queue = _Name("results")
+    events_exchange = _Name("events")
+    control_exchange = _Name("control")
+    dead_letter_exchange = _Name("dlx")
+    dead_tasks_queue = _Name("dead.tasks")
+    dead_results_queue = _Name("dead.results")
 
     def class_for(self, node_type: str) -> str:
         """The worker class serving a node type (KeyError names the known types)."""

@@ -4,7 +4,7 @@ no aio_pika here.
 Handlers get a delivery's body, headers and redelivered flag (or a `Delivery`, in batches)
 and return a `Disposition`; the consumer loop settles the delivery accordingly. Broker
 failures raise `BrokerError` and its subclasses. `AmqpBroker` (RabbitMQ) and `MemoryBroker`
-(one process) share the typed publishes (`Publisher`), the handler policy
+(one process) share their base (`Broker`: typed publishes, batch consumers), the handler policy
 (`handle_one`, `handle_batch`), batching (`take_batch`) and event parsing.
 """
 
@@ -17,10 +17,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from fanflow.errors import DecodeError, FanflowError
-from fanflow.mesh.topology import Topology
+from fanflow.mesh.topology import Route, Topology
 from fanflow.messages import NodeTask, TaskResult
 
 # the transport's logger: log settings that name it keep working
@@ -225,9 +225,10 @@ class ItemStream(Generic[T]):
             self._items.put_nowait(None)
 
 
-class Publisher:
-    """What every broker shares: `async with` (connect, then close) and the typed publishes
-    on top of its `publish_raw`."""
+class Broker:
+    """What every broker shares (`AmqpBroker`, `MemoryBroker`), and all that the mesh's
+    components use of one: `async with` (connect, then close), publishing (typed
+    publishes on top of `publish_many`), consuming, health and draining."""
 
     topology: Topology
 
@@ -235,6 +236,57 @@ class Publisher:
         raise NotImplementedError
 
     async def close(self) -> None:
+        raise NotImplementedError
+
+    async def declare(self) -> None:
+        """Declare the topology's exchanges, queues and bindings (idempotent)."""
+        raise NotImplementedError
+
+    async def consume(self, queue_name: str, handler: Handler, *, prefetch: int) -> Any:
+        """Run `handler` on every delivery of a queue, at most `prefetch` at a time.
+
+        DecodeError from the handler rejects to the dead-letter exchange; any other
+        exception requeues (bounded by the queue's delivery limit).
+        """
+        raise NotImplementedError
+
+    async def consume_batches(
+        self,
+        queue_name: str,
+        handler: BatchHandler,
+        *,
+        batch_size: int,
+        max_wait_s: float,
+        prefetch: int | None = None,
+    ) -> Any:
+        """Hand deliveries to `handler` in batches of up to `batch_size`, waiting at most
+        `max_wait_s` after the first one; the handler returns one Disposition per delivery.
+
+        Batches run one at a time. When the handler raises on a batch, each delivery is
+        retried alone, so one poison message does not spend its batch-mates' deliveries.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return await self._consume_batches(
+            queue_name, handler, batch_size, max_wait_s, prefetch or 2 * batch_size
+        )
+
+    async def _consume_batches(
+        self, queue_name: str, handler: BatchHandler, batch_size: int, max_wait_s: float,
+        prefetch: int,
+    ) -> Any:  # fmt: skip
+        raise NotImplementedError
+
+    async def subscribe_control(self) -> AsyncIterator[dict[str, Any]]:
+        """A private queue on the control fanout: every broadcast reaches every subscriber."""
+        raise NotImplementedError
+
+    async def health(self) -> str | None:
+        """None while connected and every consumer is up; else what is down."""
+        raise NotImplementedError
+
+    async def drain(self, *, timeout_s: float | None = 30.0) -> None:
+        """Stop consuming, let in-flight handlers finish (up to timeout_s), then close."""
         raise NotImplementedError
 
     async def __aenter__(self) -> Self:
@@ -261,28 +313,41 @@ class Publisher:
         delay_ms: int = 0,
         mandatory: bool = True,
     ) -> None:
-        raise NotImplementedError
+        """Publish one message (confirmed, where the broker confirms); raises `Unroutable`
+        or `PublishFailed`, and ValueError for a delay outside the tasks exchange.
+
+        ``exchange`` "" is the default exchange. A delayed task waits in its class's delay
+        queue, which then routes it on.
+        """
+        publication = Publish(
+            exchange,
+            routing_key,
+            body,
+            message_id=message_id,
+            headers=headers,
+            persistent=persistent,
+            delay_ms=delay_ms,
+            mandatory=mandatory,
+        )
+        [error] = await self.publish_many([publication])
+        if error is not None:
+            raise error
 
     async def publish_many(self, publications: Sequence[Publish]) -> list[Exception | None]:
         """Publish each message; per message, in order, None or the error it raised."""
         errors: list[Exception | None] = []
-        for p in publications:
+        for publication in publications:
             try:
-                await self.publish_raw(
-                    p.exchange,
-                    p.routing_key,
-                    p.body,
-                    message_id=p.message_id,
-                    headers=p.headers,
-                    persistent=p.persistent,
-                    delay_ms=p.delay_ms,
-                    mandatory=p.mandatory,
-                )
+                await self._publish_one(publication)
             except (ValueError, BrokerError) as exc:
                 errors.append(exc)
             else:
                 errors.append(None)
         return errors
+
+    async def _publish_one(self, publication: Publish) -> None:
+        """One message (a broker that overrides `publish_many` need not have this)."""
+        raise NotImplementedError
 
     async def publish_task(self, task: NodeTask, *, delay_ms: int = 0) -> None:
         """Publish a node task to its class queue, or to its delay queue when delay_ms > 0."""
@@ -308,19 +373,13 @@ class Publisher:
 
     async def publish_event(self, run_id: str, event_name: str, payload: dict[str, Any]) -> None:
         """Publish a run event; nobody listening is fine (not mandatory, not persistent)."""
-        route = self.topology.event_route(run_id, event_name)
-        await self.publish_raw(
-            route.exchange,
-            route.routing_key,
-            json.dumps(payload).encode(),
-            message_id=None,
-            persistent=False,
-            mandatory=False,
-        )
+        await self._publish_best_effort(self.topology.event_route(run_id, event_name), payload)
 
     async def publish_control(self, payload: dict[str, Any]) -> None:
         """Broadcast to every worker's control subscription (no workers is fine)."""
-        route = self.topology.control_route()
+        await self._publish_best_effort(self.topology.control_route(), payload)
+
+    async def _publish_best_effort(self, route: Route, payload: dict[str, Any]) -> None:
         await self.publish_raw(
             route.exchange,
             route.routing_key,
@@ -329,34 +388,3 @@ class Publisher:
             persistent=False,
             mandatory=False,
         )
-
-
-class Broker(Protocol):
-    """What the mesh's components (`fanflow.mesh.worker`, `fanflow.mesh.aggregator`) use of a
-    broker: `AmqpBroker` and `MemoryBroker` both are one."""
-
-    topology: Topology
-
-    async def declare(self) -> None: ...
-
-    async def publish_many(self, publications: Sequence[Publish]) -> list[Exception | None]: ...
-
-    async def publish_result(self, result: TaskResult) -> None: ...
-
-    async def consume(self, queue_name: str, handler: Handler, *, prefetch: int) -> object: ...
-
-    async def consume_batches(
-        self,
-        queue_name: str,
-        handler: BatchHandler,
-        *,
-        batch_size: int,
-        max_wait_s: float,
-        prefetch: int | None = None,
-    ) -> object: ...
-
-    async def subscribe_control(self) -> AsyncIterator[dict[str, Any]]: ...
-
-    async def health(self) -> str | None: ...
-
-    async def drain(self, *, timeout_s: float | None = 30.0) -> None: ...

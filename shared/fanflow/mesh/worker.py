@@ -12,6 +12,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from fanflow.mesh.topology import HEADER_READY_AT, Topology
@@ -26,24 +27,19 @@ STOPPED_RUNS_REMEMBERED = 10_000
 Execute = Callable[[NodeTask], Coroutine[Any, Any, TaskResult]]
 
 
+@dataclass
 class Worker:
-    """Runs the tasks `broker` delivers with `execute` and publishes their results."""
+    """Runs the tasks `broker` delivers with `execute` and publishes their results.
 
-    def __init__(
-        self,
-        broker: Broker,
-        execute: Execute,
-        *,
-        topology: Topology,
-        duplicate_results: bool = False,
-    ) -> None:
-        """`duplicate_results` publishes every result twice (fault injection for tests)."""
-        self.broker = broker
-        self.execute = execute
-        self.topology = topology
-        self.duplicate_results = duplicate_results
-        self._stopped: OrderedDict[str, None] = OrderedDict()
-        self._running: dict[str, set[asyncio.Task[TaskResult]]] = {}
+    `duplicate_results` publishes every result twice (fault injection for tests).
+    """
+
+    broker: Broker
+    execute: Execute
+    topology: Topology
+    duplicate_results: bool = False
+    _stopped: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False)
+    _running: dict[str, set[asyncio.Task[TaskResult]]] = field(default_factory=dict, init=False)
 
     async def start(self, prefetch: Mapping[str, int]) -> asyncio.Task[None]:
         """Listen to stop broadcasts, then consume each class's queue with its prefetch;

@@ -19,6 +19,7 @@ from fanflow.scheduler.state import (
     frame_key,
 )
 from fanflow.variables import Lookup, resolve_or_none, walk_path
+from fanflow.vocabulary import EventName, NodeStatus
 from fanflow.workflow import Node
 
 if TYPE_CHECKING:
@@ -95,9 +96,9 @@ def _start_iteration(step: _Step, scope: Scope, node: Node) -> None:
             "InvalidIteratorValueError",
         )
         return
-    step.emit("iteration_started", scope, node, count=len(items))
+    step.emit(EventName.ITERATION_STARTED, scope, node, count=len(items))
     if not items:
-        step.emit("iteration_completed", scope, node, status="succeeded", count=0)
+        step.emit(EventName.ITERATION_COMPLETED, scope, node, status=NodeStatus.SUCCEEDED, count=0)
         step.node_succeeded(scope, node, {"output": []})
         return
     frame = IterationFrame(scope=scope.key, node_id=node.id, count=len(items))
@@ -117,7 +118,7 @@ def _fill_window(step: _Step, frame: IterationFrame, node: Node, items: Sequence
             key=key, parent=frame.scope, container=node.id, index=index, item=item
         )
         parent = step.state.scopes[frame.scope]
-        step.emit("iteration_next", parent, node, index=index)
+        step.emit(EventName.ITERATION_NEXT, parent, node, index=index)
         step.enter_scope(key)
 
 
@@ -152,7 +153,13 @@ def _close_item(step: _Step, scope: Scope, node: Node) -> None:
     if frame.failure is not None:
         failure = frame.failure
         del state.iterations[key]
-        step.emit("iteration_completed", parent, node, status="failed", error=failure.error)
+        step.emit(
+            EventName.ITERATION_COMPLETED,
+            parent,
+            node,
+            status=NodeStatus.FAILED,
+            error=failure.error,
+        )
         step.node_failed(parent, node, failure.error, failure.error_type)
         return
     if frame.done >= frame.count and not frame.collecting:
@@ -174,7 +181,9 @@ def on_items_collected(step: _Step, event: ItemsCollected) -> None:
     parent = state.scopes[frame.scope]
     if frame.answer is not None:
         step.respond(parent, answer=frame.answer)
-    step.emit("iteration_completed", parent, node, status="succeeded", count=frame.count)
+    step.emit(
+        EventName.ITERATION_COMPLETED, parent, node, status=NodeStatus.SUCCEEDED, count=frame.count
+    )
     step.node_succeeded(parent, node, {"output": outputs})
 
 
@@ -225,7 +234,7 @@ def _start_loop(step: _Step, scope: Scope, node: Node) -> None:
         frame.variables[label] = value
     key = frame_key(scope.key, node.id)
     step.state.loops[key] = frame
-    step.emit("loop_started", scope, node)
+    step.emit(EventName.LOOP_STARTED, scope, node)
     try:
         loop_count = int(node.data.get("loop_count") or 0)
     except (TypeError, ValueError):
@@ -236,7 +245,7 @@ def _start_loop(step: _Step, scope: Scope, node: Node) -> None:
         )
     except NodeError as exc:
         del step.state.loops[key]
-        step.emit("loop_completed", scope, node, status="failed", error=str(exc))
+        step.emit(EventName.LOOP_COMPLETED, scope, node, status=NodeStatus.FAILED, error=str(exc))
         step.node_failed(scope, node, str(exc), exc.error_type)
         return
     if done:
@@ -284,7 +293,7 @@ def _start_round(step: _Step, frame: LoopFrame, node: Node) -> None:
     step.state.scopes[key] = Scope(
         key=key, parent=frame.scope, container=node.id, index=frame.round
     )
-    step.emit("loop_next", step.state.scopes[frame.scope], node, index=frame.round)
+    step.emit(EventName.LOOP_NEXT, step.state.scopes[frame.scope], node, index=frame.round)
     step.enter_scope(key)
 
 
@@ -305,7 +314,9 @@ def _close_round(step: _Step, scope: Scope, node: Node) -> None:
     drop_scope(step, scope.key)
     if failure is not None:
         del state.loops[key]
-        step.emit("loop_completed", parent, node, status="failed", error=failure.error)
+        step.emit(
+            EventName.LOOP_COMPLETED, parent, node, status=NodeStatus.FAILED, error=failure.error
+        )
         step.node_failed(parent, node, failure.error, failure.error_type)
         return
     rounds = frame.round + 1
@@ -324,5 +335,5 @@ def _finish_loop(step: _Step, key: str, *, rounds: int) -> None:
     outputs = dict(frame.variables)
     if rounds:
         outputs["loop_round"] = rounds
-    step.emit("loop_completed", parent, node, status="succeeded", rounds=rounds)
+    step.emit(EventName.LOOP_COMPLETED, parent, node, status=NodeStatus.SUCCEEDED, rounds=rounds)
     step.node_succeeded(parent, node, outputs)

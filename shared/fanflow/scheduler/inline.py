@@ -22,6 +22,7 @@ from fanflow.registry import node_type
 from fanflow.scheduler.lookup import scope_chain
 from fanflow.scheduler.state import Scope, frame_key
 from fanflow.variables import Selector, render, resolve_or_none
+from fanflow.vocabulary import EventName
 from fanflow.workflow import Node
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ def end(step: _Step, scope: Scope, node: Node) -> Outcome:
 def answer(step: _Step, scope: Scope, node: Node) -> Outcome:
     text = render(str(node.data.get("answer") or ""), step.lookup(scope.key), markdown=True)
     step.respond(scope, answer=text)
-    step.emit("text_chunk", scope, node, text=text)
+    step.emit(EventName.TEXT_CHUNK, scope, node, text=text)
     return {"answer": text, "files": []}, None
 
 

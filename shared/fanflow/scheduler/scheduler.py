@@ -50,6 +50,7 @@ from fanflow.scheduler.state import (
     Scope,
 )
 from fanflow.variables import selector_key
+from fanflow.vocabulary import EventName
 from fanflow.workflow import Node, Workflow
 
 
@@ -95,7 +96,7 @@ class Scheduler:
         )
         state.scopes[""] = Scope(key="")
         step = _Step(self, state)
-        step.out.append(Emit("workflow_started", {"inputs": dict(inputs)}))
+        step.out.append(Emit(EventName.WORKFLOW_STARTED, {"inputs": dict(inputs)}))
         if self.limits.max_run_seconds:
             step.out.append(StartTimer(DEADLINE_TIMER, int(self.limits.max_run_seconds * 1000)))
         step.enter_scope("")
@@ -233,7 +234,7 @@ class _Step:
     def run_node(self, scope: Scope, node: Node) -> None:
         self.count_step()
         scope.nodes[node.id] = NodeRecord(status=NODE_RUNNING)
-        self.emit("node_started", scope, node)
+        self.emit(EventName.NODE_STARTED, scope, node)
         if node.is_task:
             self.dispatch(scope, node, attempt=0)
             return
@@ -286,7 +287,7 @@ class _Step:
         node = self.workflow.nodes[result.node_id]
         self.state.total_tokens += result.total_tokens
         tokens = result.total_tokens
-        if result.status == "succeeded":
+        if result.status == "succeeded":  # TaskResult.status is a Literal of NodeStatus values
             self.node_succeeded(
                 scope, node, dict(result.outputs), result.edge_handle, total_tokens=tokens
             )
@@ -304,7 +305,9 @@ class _Step:
             )
             # waiting past the run's deadline is pointless (and an upstream may ask for days)
             delay_ms = min(delay_ms, self._max_delay_ms())
-            self.emit("node_retry", scope, node, error=error, retry_index=result.attempt + 1)
+            self.emit(
+                EventName.NODE_RETRY, scope, node, error=error, retry_index=result.attempt + 1
+            )
             self.dispatch(scope, node, attempt=result.attempt + 1, delay_ms=delay_ms)
             return
         self.node_failed(scope, node, error, result.error_type or "NodeError", total_tokens=tokens)
@@ -318,20 +321,35 @@ class _Step:
         *,
         total_tokens: int = 0,
     ) -> None:
+        self._node_done(scope, node, NODE_SUCCEEDED, outputs, handle or "source", total_tokens)
+
+    def _node_done(
+        self,
+        scope: Scope,
+        node: Node,
+        status: str,
+        outputs: dict[str, Any],
+        handle: str,
+        total_tokens: int,
+        **extra: Any,
+    ) -> None:
+        """The node ended and its run goes on along `handle` (succeeded, or an exception
+        its error strategy handles)."""
         record = scope.nodes[node.id]
-        record.status = NODE_SUCCEEDED
+        record.status = status
         record.outputs = outputs
-        record.handle = handle or "source"
+        record.handle = handle
         self.emit(
-            "node_finished",
+            EventName.NODE_FINISHED,
             scope,
             node,
-            status=NODE_SUCCEEDED,
+            status=status,
             outputs=outputs,
+            **extra,
             attempt=record.attempt,
             total_tokens=total_tokens,
         )
-        self._resolve_out_edges(scope, node, record.handle)
+        self._resolve_out_edges(scope, node, handle)
         self.mark_dirty(scope.key)
 
     def node_failed(
@@ -345,26 +363,13 @@ class _Step:
             if strategy == "default-value":
                 outputs.update({d.key: d.value for d in node.default_values})
             outputs.update({"error_message": error, "error_type": error_type})
-            record.status = NODE_EXCEPTION
-            record.outputs = outputs
-            record.handle = "fail-branch" if strategy == "fail-branch" else "source"
-            self.emit(
-                "node_finished",
-                scope,
-                node,
-                status=NODE_EXCEPTION,
-                outputs=outputs,
-                error=error,
-                attempt=record.attempt,
-                total_tokens=total_tokens,
-            )
-            self._resolve_out_edges(scope, node, record.handle)
-            self.mark_dirty(scope.key)
+            handle = "fail-branch" if strategy == "fail-branch" else "source"
+            self._node_done(scope, node, NODE_EXCEPTION, outputs, handle, total_tokens, error=error)
             return
         record.status = NODE_FAILED
         record.outputs = None
         self.emit(
-            "node_finished",
+            EventName.NODE_FINISHED,
             scope,
             node,
             status=NODE_FAILED,
@@ -419,7 +424,7 @@ class _Step:
         state.outputs = outputs
         self.out.append(
             Emit(
-                "workflow_finished",
+                EventName.WORKFLOW_FINISHED,
                 {
                     "status": status,
                     "outputs": outputs,
@@ -440,7 +445,7 @@ class _Step:
                 if record.status == NODE_RUNNING:
                     record.status = status
                     self.emit(
-                        "node_finished",
+                        EventName.NODE_FINISHED,
                         scope,
                         self.workflow.nodes[node_id],
                         status=status,
