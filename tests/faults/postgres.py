@@ -55,8 +55,18 @@ class PrivatePostgres:
 
     def _initdb(self) -> None:
         self._run(
-            [_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
-            + ["--no-sync", "--no-instructions"]
+            [
+                _bin("initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ]
         )
         with (self.data / "postgresql.conf").open("a", encoding="utf-8") as conf:
             conf.write(
@@ -83,8 +93,17 @@ class PrivatePostgres:
         """Start the server; seconds until it accepted connections."""
         started = time.monotonic()
         self._run(
-            [_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.directory / "server.log")]
-            + ["-w", "-t", "60", "start"]
+            [
+                _bin("pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.directory / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
         )
         wait_accepting(self.port, timeout_s=30, what="private PostgreSQL")
         return time.monotonic() - started
@@ -134,7 +153,7 @@ async def wait_until_up(database: PrivatePostgres, *, timeout_s: float = 30) -> 
         try:
             await database.execute("SELECT 1")
             return
-        except (OSError, Exception):
+        except Exception:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)

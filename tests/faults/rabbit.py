@@ -9,6 +9,7 @@ queues recover their messages). `close()` stops it and removes its directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -99,7 +100,9 @@ class PrivateRabbit:
                 return wait_accepting(self.port, timeout_s=0.5, what=self.node)
             except AssertionError:
                 if not self.alive:
-                    raise AssertionError(f"{self.node} exited while booting\n{self.log_tail()}")
+                    raise AssertionError(
+                        f"{self.node} exited while booting\n{self.log_tail()}"
+                    ) from None
                 if time.monotonic() - started > BOOT_TIMEOUT_S:
                     self.kill()
                     raise AssertionError(f"{self.node} not up in {BOOT_TIMEOUT_S} s") from None
@@ -108,10 +111,8 @@ class PrivateRabbit:
         """`kill -9` of the VM (and its helpers): no goodbye to any client."""
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(30)
         self.process = None
         wait_refusing(self.port, timeout_s=10, what=self.node)
@@ -120,10 +121,8 @@ class PrivateRabbit:
         """A clean shutdown (SIGTERM); SIGKILL after timeout_s."""
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         try:
             self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
