@@ -5,6 +5,7 @@ SQLite (`sqlite+aiosqlite:///path.db`) through the same SQLAlchemy Core code.
 """
 
 from fanflow.defaults import DATABASE_URL as DEFAULT_DATABASE_URL
+from fanflow.store.faults import Backoff, is_transient, retry_transient
 from fanflow.store.migrate import migrate
 from fanflow.store.records import (
     AppNotFound,
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "AppNotFound",
     "AppRecord",
+    "Backoff",
     "NodeExecutionRecord",
     "OutboxMessage",
     "RunExists",
@@ -34,6 +36,8 @@ __all__ = [
     "StoreError",
     "StoredItem",
     "hash_api_key",
+    "is_transient",
     "migrate",
     "node_execution_id",
+    "retry_transient",
 ]
