@@ -81,3 +81,20 @@ NODE_RETRIES = Counter(
     "Task attempts the scheduler sent again after a failure (delayed through the broker).",
     ["node_type"],
 )
+OUTBOX_PARKED = Counter(
+    "fanflow_outbox_parked_total",
+    "Outbox messages that can never be published (no queue routes them): the row is "
+    "removed and the node it would have run failed.",
+    ["kind"],
+)
+AGGREGATOR_TRANSIENT_ERRORS = Counter(
+    "fanflow_aggregator_transient_errors_total",
+    "Aggregator attempts that failed on a database that was away or busy; the messages "
+    "were held and applied again after a backoff, their deliveries not spent.",
+    ["queue"],
+)
+DEAD_LETTERS = Counter(
+    "fanflow_dead_letters_total",
+    "Dead-lettered messages the aggregator handled, by queue and outcome.",
+    ["queue", "outcome"],
+)
