@@ -97,7 +97,8 @@ class PrivateRabbit:
         started = time.monotonic()
         while True:
             try:
-                return wait_accepting(self.port, timeout_s=0.5, what=self.node)
+                wait_accepting(self.port, timeout_s=0.5, what=self.node)
+                return time.monotonic() - started
             except AssertionError:
                 if not self.alive:
                     raise AssertionError(

@@ -69,10 +69,10 @@ __all__ = [
 T = TypeVar("T")
 
 #: AMQP heartbeat (s) asked for unless the URL sets `?heartbeat=`: the broker closes the
-#: connection of a peer silent for about this long (hung, SIGSTOPped, partitioned), and its
+#: connection of a peer silent for 2-3 heartbeats (hung, SIGSTOPped, partitioned), and its
 #: unacknowledged deliveries go back to their queues — well within 30 s, instead of the
 #: ~3 min the broker's default of 60 s takes
-HEARTBEAT_S = 10
+HEARTBEAT_S = 5
 
 
 def with_heartbeat(url: str, heartbeat_s: int = HEARTBEAT_S) -> str:
@@ -113,7 +113,8 @@ class AmqpBroker(Publisher):
     async def connect(self) -> None:
         try:
             self._connection = await aio_pika.connect_robust(
-                with_heartbeat(self.url), client_properties={"connection_name": self.connection_name}
+                with_heartbeat(self.url),
+                client_properties={"connection_name": self.connection_name},
             )
         except (OSError, aiormq.exceptions.AMQPError) as exc:
             where = urlsplit(self.url)
