@@ -27,9 +27,9 @@ async def _probe(check: Awaitable[Any]) -> str:
     except TimeoutError:
         return f"no answer within {PROBE_TIMEOUT_S:g} s"
     except Exception as exc:
-        # the type only: a driver's text (addresses, ports) belongs in the log
+        # the detail (driver text, addresses, ports) belongs in the log, not the body
         log.warning("health probe failed: %r", exc)
-        return f"unavailable ({type(exc).__name__})"
+        return "unavailable"
     return "ok"
 
 

@@ -86,6 +86,7 @@ class OutboxRelay:
         done: list[int] = []
         handled = 0
         failure: BrokerError | None = None
+        unroutable: list[tuple[int | None, OutboxMessage, Unroutable]] = []
         async with self._lock:
             try:
                 publications = [self._publication(m) for _, m in rows]
@@ -97,8 +98,8 @@ class OutboxRelay:
                     if error is None:
                         OUTBOX_PUBLISHED.labels(message.kind).inc()
                     elif isinstance(error, Unroutable):
-                        if not await self._park(message, error):
-                            continue  # the row stays: parked by a later sweep
+                        unroutable.append((row_id, message, error))
+                        continue  # parked below, outside the lock (the handler publishes)
                     elif isinstance(error, BrokerError):
                         failure = failure or error  # the broker is away: the row stays
                         continue
@@ -115,6 +116,11 @@ class OutboxRelay:
             finally:
                 if done:
                     await self.store.mark_published(done)
+        for row_id, message, error in unroutable:
+            if await self._park(message, error):  # else the row stays for a later sweep
+                handled += 1
+                if row_id is not None:
+                    await self.store.mark_published([row_id])
         if failure is not None:
             raise failure
         return handled
