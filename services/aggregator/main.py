@@ -34,6 +34,7 @@ from fanflow.metrics import (
     AGGREGATOR_TRANSIENT_ERRORS,
     DEAD_LETTERS,
     RESULTS_APPLIED,
+    start_aggregator_series,
 )
 from fanflow.scheduler import TaskFinished, TimerFired
 from fanflow.scheduler.protocol import DEADLINE_TIMER
@@ -65,6 +66,7 @@ class Aggregator:
         self._stopping = asyncio.Event()
 
     async def async_run(self, stop: asyncio.Event) -> None:
+        start_aggregator_series()
         self.store = await Store.open(self.settings.database_url)
         try:
             async with AmqpBroker(
@@ -143,7 +145,7 @@ class Aggregator:
                 continue
             message_id = delivery.message_id or self.topology.result_message_id(result.task_id)
             envelopes.append((result.run_id, Envelope(TaskFinished(result), message_id)))
-        return await self._apply_grouped(envelopes, queue=self.topology.results_queue)
+        return await self._apply_grouped(envelopes, queue="results")
 
     async def handle_dead_tasks(self, deliveries: Sequence[Delivery]) -> list[Disposition]:
         """A task the broker gave up on fails its node (and so its run, or its error branch).
@@ -152,7 +154,7 @@ class Aggregator:
         to. A failure that cannot be applied now (for another reason than the database,
         which holds the batch) is put back at the end of the queue after a pause.
         """
-        queue = self.topology.dead_tasks_queue
+        queue = "dead_tasks"  # the metrics' label
         envelopes: list[tuple[str, Envelope] | None] = []
         for delivery in deliveries:
             try:
@@ -175,7 +177,7 @@ class Aggregator:
             if item is None:  # undecodable: nowhere else to go, acknowledged (logged above)
                 settled.append(Disposition.ACK)
             elif disposition is Disposition.REQUEUE:
-                settled.append(await self._put_back(queue, delivery))
+                settled.append(await self._put_back(self.topology.dead_tasks_queue, delivery))
             else:
                 DEAD_LETTERS.labels(queue, "failed_node").inc()
                 settled.append(disposition)
@@ -199,7 +201,7 @@ class Aggregator:
         except BrokerError as exc:
             log.warning("could not put dead task %s back: %s", delivery.message_id, exc)
             return Disposition.REQUEUE
-        DEAD_LETTERS.labels(queue, "retried_later").inc()
+        DEAD_LETTERS.labels("dead_tasks", "retried_later").inc()
         log.error(
             "dead task %s could not fail its node (try %d); put back for later",
             delivery.message_id,
@@ -211,7 +213,7 @@ class Aggregator:
         """A result that exhausted its deliveries: applied once more (its message id is the
         original one, so one applied meanwhile changes nothing); if it still fails for its
         content, its node fails with an error saying so. Never requeued."""
-        queue = self.topology.dead_results_queue
+        queue = "dead_results"  # the metrics' label
         results: list[TaskResult | None] = []
         for delivery in deliveries:
             try:
@@ -397,7 +399,11 @@ class Aggregator:
         cutoff = time.time() - self.settings.max_run_seconds
         overdue = await self.store.overdue_runs(created_before=cutoff)
         for run_id in overdue:
-            await self._apply(run_id, [Envelope(TimerFired(DEADLINE_TIMER), f"deadline:{run_id}")])
+            await self._apply(
+                run_id,
+                [Envelope(TimerFired(DEADLINE_TIMER), f"deadline:{run_id}")],
+                queue="deadline",
+            )
         return len(overdue)
 
     @staticmethod

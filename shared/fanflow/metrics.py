@@ -98,3 +98,20 @@ DEAD_LETTERS = Counter(
     "Dead-lettered messages the aggregator handled, by queue and outcome.",
     ["queue", "outcome"],
 )
+#: the label values of the aggregator's reliability counters
+TRANSIENT_SOURCES = ("results", "dead_tasks", "dead_results", "outbox", "deadline")
+DEAD_LETTER_OUTCOMES = {
+    "dead_tasks": ("failed_node", "retried_later", "undecodable"),
+    "dead_results": ("applied", "failed_node", "dropped", "undecodable"),
+}
+
+
+def start_aggregator_series() -> None:
+    """Create the aggregator's reliability series at 0: a counter first seen at 1 shows
+    no increase, so alerts on the first dead letter or parked row would never fire."""
+    for source in TRANSIENT_SOURCES:
+        AGGREGATOR_TRANSIENT_ERRORS.labels(source)
+    for queue, outcomes in DEAD_LETTER_OUTCOMES.items():
+        for outcome in outcomes:
+            DEAD_LETTERS.labels(queue, outcome)
+    OUTBOX_PARKED.labels("task")
