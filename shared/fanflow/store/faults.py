@@ -25,6 +25,8 @@ T = TypeVar("T")
 #: serialization failure, 40P01 deadlock, 55P03 lock not available
 _TRANSIENT_SQLSTATES = ("08", "53", "57P", "58", "40001", "40P01", "55P03")
 _SQLITE_TRANSIENT = ("database is locked", "database table is locked", "disk i/o error")
+#: asyncpg's InterfaceError for a connection that died under its user (no SQLSTATE)
+_CLOSED_CONNECTION = ("connection is closed", "connection was closed")
 #: how deep to follow __cause__/__context__ looking for the driver's error
 _CHAIN_LIMIT = 8
 
@@ -51,6 +53,10 @@ def is_transient(exc: BaseException) -> bool:
             return True  # e.g. "Connect call failed", no route to host
         sqlstate = getattr(error, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate.startswith(_TRANSIENT_SQLSTATES):
+            return True
+        if type(error).__name__ == "InterfaceError" and any(
+            text in str(error).lower() for text in _CLOSED_CONNECTION
+        ):
             return True
         if type(error).__name__ == "OperationalError" and any(
             text in str(error).lower() for text in _SQLITE_TRANSIENT
