@@ -25,6 +25,7 @@ class TcpProxy:
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
@@ -46,11 +47,13 @@ class TcpProxy:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        self._writers.add(writer)
         upstream_writer: asyncio.StreamWriter | None = None
         try:
             while self.partitioned:
                 await asyncio.sleep(0.05)
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.upstream)
+            self._writers.add(upstream_writer)
             await asyncio.gather(
                 self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
             )
@@ -83,6 +86,11 @@ class TcpProxy:
             for task in list(self._connections):
                 with contextlib.suppress(BaseException):
                     await task
+            # every transport closed on this loop before it closes (else ResourceWarnings)
+            for writer in self._writers:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
 
         self.heal()
         asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)

@@ -58,6 +58,7 @@ async def test_proxy_partition_holds_traffic_until_healed(
             writer.write(data)
             await writer.drain()
         writer.close()
+        await writer.wait_closed()
 
     server = await asyncio.start_server(echo, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -72,4 +73,6 @@ async def test_proxy_partition_holds_traffic_until_healed(
     through.heal()
     assert await asyncio.wait_for(reader.read(100), 5) == b"two"
     writer.close()
+    await writer.wait_closed()
     server.close()
+    await server.wait_closed()
