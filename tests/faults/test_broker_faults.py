@@ -32,3 +32,19 @@ async def test_broker_kill_9(mesh: MakeMesh, broker: PrivateRabbit) -> None:
     )
     for service in cluster.services:
         assert service.alive, service.tail()
+
+
+async def test_broker_down_60_s(mesh: MakeMesh, broker: PrivateRabbit) -> None:
+    cluster = await mesh()
+    workload = await start_workload(cluster)
+    await workload.until_progress(0.3)
+    await asyncio.to_thread(broker.stop)  # a clean shutdown: clients see the close
+    await asyncio.sleep(1)
+    done = await workload.progress()
+    assert done is not None
+    await asyncio.sleep(59)
+    await asyncio.to_thread(broker.start)
+    resumed = await workload.until_more_than(done, timeout_s=90)
+    await check_exact(workload, "broker down 60 s", f"{resumed:.1f} s after it is back")
+    for service in cluster.services:
+        assert service.alive, service.tail()

@@ -61,6 +61,38 @@ async def test_aggregator_sigkill(mesh: MakeMesh) -> None:
     assert resumed < 15
 
 
+async def test_worker_kill_storm(mesh: MakeMesh) -> None:
+    """A worker SIGKILLed every second, four times, each replaced at once."""
+    cluster = await mesh()
+    workload = await start_workload(cluster)
+    await workload.until_progress(0.2)
+    started = time.monotonic()
+    for _ in range(4):
+        victim = next(s for s in cluster.services if s.role == "worker" and s.alive)
+        cluster.kill(victim)
+        cluster.start_worker()
+        await asyncio.sleep(1)
+    await workload.wait_finished()
+    took = time.monotonic() - started
+    await check_exact(
+        workload,
+        "worker kill storm (4 kills, 1 s apart)",
+        f"runs ended {took:.1f} s after the first",
+    )
+
+
+async def test_two_aggregators_one_killed(mesh: MakeMesh) -> None:
+    cluster = await mesh(aggregators=2)
+    workload = await start_workload(cluster)
+    await workload.until_progress(0.3)
+    victim = next(s for s in cluster.services if s.role == "aggregator")
+    killed = time.monotonic()
+    cluster.kill(victim)
+    await workload.wait_finished()
+    took = time.monotonic() - killed
+    await check_exact(workload, "two aggregators, one SIGKILLed", f"runs ended {took:.1f} s after")
+
+
 async def test_hung_worker_sigstop(mesh: MakeMesh) -> None:
     cluster = await mesh()
     workload = await start_workload(cluster)
