@@ -30,7 +30,9 @@ async def test_postgres_immediate_restart(mesh: MakeMesh, postgres: PrivatePostg
     await asyncio.sleep(1)
     await asyncio.to_thread(postgres.start)
     resumed = await workload.until_more_than(done, timeout_s=60)
-    await check_exact(workload, "PostgreSQL immediate restart", f"{resumed:.1f} s after it is back")
+    await check_exact(
+        workload, "PostgreSQL -m immediate restart (1 s down)", f"{resumed:.1f} s after it is back"
+    )
     assert resumed <= RECOVERY_BOUND_S
 
 
