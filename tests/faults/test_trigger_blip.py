@@ -128,3 +128,36 @@ async def test_requests_while_the_database_is_away(
         assert_no_leak(health.text, postgres)
     finally:
         await asyncio.to_thread(postgres.start)
+
+
+async def test_an_unexpected_error_reaches_no_client_as_text(
+    mesh: MakeMesh, start_server: StartServer, postgres: PrivatePostgres, broker: PrivateRabbit
+) -> None:
+    """The attack: an error whose text names internals (an address, a port) breaks the read
+    at the end of a run; the SSE `error` event and every body stay generic."""
+    cluster = await mesh()
+    server = await start_server(cluster=cluster, amqp_url=broker.url)
+    key = await server.import_app(WORKLOAD)
+    store = server.app.state.trigger.store
+    secret = "Connect call failed ('10.1.2.3', 5433) password=hunter2"
+
+    async def broken_get_run(run_id: str, **options: object) -> None:
+        raise RuntimeError(secret)
+
+    store.get_run = broken_get_run
+    body = {"inputs": {"n": 2}, "response_mode": "streaming", "user": "faults"}
+    async with server.http.stream(
+        "POST", "/v1/workflows/run", json=body, headers=bearer(key), timeout=60
+    ) as response:
+        events = [event async for event in read_sse(response)]
+    errors = [e for e in events if e["event"] == "error"]
+    assert len(errors) == 1 and errors[0]["status"] == 500, events
+    assert "the run goes on" in errors[0]["message"]
+    for event in events:
+        assert "hunter2" not in str(event) and "10.1.2.3" not in str(event)
+    # the detail of a run: the same read, a generic 500
+    detail = await server.http.get(
+        f"/v1/workflows/run/{events[0]['workflow_run_id']}", headers=bearer(key)
+    )
+    assert detail.status_code == 500
+    assert "hunter2" not in detail.text and "10.1.2.3" not in detail.text
