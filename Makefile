@@ -1,7 +1,7 @@
 # fanflow developer commands. CI (.ci/run) calls these same targets.
 #   make install   create .venv (with $(PYTHON)) and install fanflow editable with dev tools
 #   make test      run the test suite (installs first when .venv is missing or stale)
-#   make faults    the fault matrix (tests/faults: private RabbitMQ and PostgreSQL, killed and restarted; ~15 min)
+#   make faults    the fault matrix (tests/faults: private RabbitMQ and PostgreSQL, killed and restarted; ~6 min)
 #   make lint      ruff check + ruff format --check; mypy --strict on the library and services
 #   make format    ruff format + ruff check --fix
 #   make oracle    build the venv of Dify's engine for the differential tests

@@ -106,6 +106,20 @@ class Workload:
             )
             await asyncio.sleep(0.1)
 
+    async def resumed_after(self, back: float, *, timeout_s: float = 60) -> float:
+        """Seconds from `back` (monotonic) to the first commit seen after it: the first
+        count read after `back`, then a larger one. Conservative: includes the wait for
+        the next commit, and the reads' own delay."""
+        deadline = back + timeout_s
+        first = None
+        while first is None:
+            first = await self.progress()
+            assert time.monotonic() < deadline, (
+                f"store unreadable since the return\n{self.cluster.logs()}"
+            )
+        await self.until_more_than(first, timeout_s=max(1.0, deadline - time.monotonic()))
+        return time.monotonic() - back
+
     async def runs(self) -> dict[str, RunRecord | None]:
         store = self.cluster.store
         assert store is not None
