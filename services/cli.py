@@ -34,7 +34,8 @@ def trigger(
 @app.command()
 def worker(
     queues: Annotated[
-        str | None, typer.Option(help="Node classes to serve, comma-separated (llm,http,code).")
+        str | None,
+        typer.Option(help="Node classes to serve, comma-separated (llm,http,code,tool)."),
     ] = None,
     prefetch: Annotated[
         int | None, typer.Option(help="Concurrent tasks per class: the rate-limit knob.")

@@ -149,6 +149,8 @@ class _Mesh:
             key = f"FANFLOW_{name.upper()}"
             if value is None:
                 env.pop(key, None)
+            elif isinstance(value, tuple | list):  # as the settings read them: comma-separated
+                env[key] = ",".join(str(entry) for entry in value)
             else:
                 env[key] = str(value)
         # one port per process: N workers cannot share the parent's FANFLOW_METRICS_PORT

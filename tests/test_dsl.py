@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +17,22 @@ from fanflow.workflow import DefaultValue, RetryConfig, Workflow
 DATA = Path(__file__).resolve().parent / "data" / "dify"
 FILES = sorted(p.relative_to(DATA).as_posix() for p in DATA.rglob("*.yml"))
 
-#: Files refused, and why: the unsupported node types, or the document-level reason.
+#: Files refused, and why: the unsupported node types, the tool providers fanflow lacks
+#: (`tool:<provider>`), or the document-level reason.
 REFUSED: dict[str, set[str]] = {
-    "dsl/Claude3 Code Translation.yml": {"tool"},
-    "dsl/LanguageConsistencyChecker.yml": {"tool"},
-    "dsl/儿童故事播客.yml": {"tool"},
-    "dsl/出题组卷.yml": {"tool", "document-extractor"},
-    "dsl/文章仿写-单图_多图自动搭配.yml": {"tool"},
-    "dsl/获取金融投资新闻top10.yml": {"tool"},
-    "dsl/资讯推送应用.yml": {"tool"},
-    "dsl/链文智译-LinkTrans Smart.yml": {"tool"},
-    "fixtures/chatflow_time_tool_static_output_workflow.yml": {"tool"},
-    "fixtures/graphon_examples/graphon_chatflow_dsl_runner__chatflow_dsl_agent.yml": {"agent"},
-    "fixtures/http_request_with_json_tool_workflow.yml": {"tool"},
+    "dsl/Claude3 Code Translation.yml": {"tool:aws"},
+    "dsl/儿童故事播客.yml": {"tool:audio", "tool:comfyui"},
+    "dsl/出题组卷.yml": {"tool:feishu_document"},
+    "dsl/文章仿写-单图_多图自动搭配.yml": {"tool:本地爬虫", "tool:imageSearch"},
+    "dsl/资讯推送应用.yml": {"tool:wecom"},
+    # Dify's auto-mock test names a provider that exists only as its mock
+    "fixtures/http_request_with_json_tool_workflow.yml": {"tool:builtin"},
     "fixtures/knowledge_retrieval_v2_workflow.yml": {"knowledge-retrieval-v2"},
-    "fixtures/search_dify_from_2023_to_2025.yml": {"tool"},
+    "fixtures/search_dify_from_2023_to_2025.yml": {"tool:langgenius/perplexity/perplexity"},
     "fixtures/minimal_not_an_app.yml": {"not an app"},
 }
 _UNSUPPORTED = re.compile(r"^unsupported node type '([^']+)'$")
+_NO_PROVIDER = re.compile(r"^(?:built-in )?tool provider '([^']+)' \((?:tool|provider_type) ")
 
 
 def test_all_copied_files_are_covered() -> None:
@@ -53,6 +52,9 @@ def test_real_file_loads_or_is_refused_for_a_named_reason(name: str) -> None:
         if match:
             assert problem.node_id and problem.node_title
             reasons.add(match.group(1))
+        elif provider := _NO_PROVIDER.match(problem.message):
+            assert problem.node_id and problem.node_title
+            reasons.add(f"tool:{provider.group(1)}")
         else:
             assert problem.message.startswith("not a Dify app export"), problem
             reasons.add("not an app")
@@ -143,7 +145,7 @@ def test_all_problems_are_reported_together_with_node_id_and_title() -> None:
     text = _doc(
         [
             START,
-            _node("1719000000001", "tool", "Google Search"),
+            _node("1719000000001", "datasource", "Google Search"),
             _node("it", "iteration", "Each", iterator_selector="start.text", parallel_nums=0),
             _node("it-start", "iteration-start", iteration_id="it"),
             _end(["ghost", "x"], ["env", "nope"]),
@@ -156,7 +158,7 @@ def test_all_problems_are_reported_together_with_node_id_and_title() -> None:
         ],
     )
     assert _messages(text) == [
-        "unsupported node type 'tool' at node 1719000000001 (Google Search)",
+        "unsupported node type 'datasource' at node 1719000000001 (Google Search)",
         "iterator_selector must be a selector like [node_id, name], got 'start.text' "
         "at node it (Each)",
         "parallel_nums must be a positive whole number, got 0 at node it (Each)",
@@ -425,3 +427,83 @@ def test_bad_parents_and_duplicate_ids() -> None:
         "container 'gone' does not exist at node o (Orphan)",
         "parent start (Start) is a 'start' node, not an iteration or loop at node m (M)",
     ]
+
+
+# ---- bounded YAML and size limits (hostile files) ----
+
+from fanflow.dsl import yaml_bounded  # noqa: E402
+from fanflow.dsl.limits import DslLimits  # noqa: E402
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_bounded_loader_reads_every_export_as_pyyaml_does(name: str) -> None:
+    text = (DATA / name).read_text(encoding="utf-8")
+    assert yaml_bounded.load_bounded(text) == yaml.safe_load(text)
+
+
+def _bomb(levels: int, width: int) -> str:
+    lines = ["kind: app", "app: {name: bomb, mode: workflow}", 'l0: &l0 ["lol"]']
+    for level in range(1, levels + 1):
+        lines.append(f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (_bomb(8, 10), "more than 1000000 values once its aliases are expanded"),
+        (_bomb(40, 2), "more than 1000000 values once its aliases are expanded"),
+        ("a: &a [1, *a]\n", "alias *a refers to itself"),
+        ("a: &a {b: {c: *a}}\n", "alias *a refers to itself"),
+        ("x: " + "[" * 100_000 + "]" * 100_000, "nested deeper than 100 levels"),
+        ("x: " + "{a: " * 5_000 + "1" + "}" * 5_000, "nested deeper than 100 levels"),
+        ('app: {name: "\\udc80"}\n', "lone surrogate (\\udc80)"),
+    ],
+)
+def test_hostile_yaml_is_refused_in_milliseconds(text: str, expected: str) -> None:
+    started = time.perf_counter()
+    with pytest.raises(WorkflowInvalid) as refused:
+        load_workflow("hostile.yml", text=text)
+    assert time.perf_counter() - started < 0.5
+    assert expected in str(refused.value)
+    assert "not valid YAML" in str(refused.value)
+
+
+def test_aliases_within_the_budget_still_load() -> None:
+    loaded = yaml_bounded.load_bounded(_bomb(3, 10) + "n: *l3\n")
+    assert len(loaded["n"]) == 10 and loaded["n"][0][0][0] == ["lol"]
+    with pytest.raises(yaml_bounded.YamlRefused, match="more than 1000 values"):
+        yaml_bounded.load_bounded(_bomb(3, 10), max_nodes=1000)
+
+
+def _graph(nodes: int, edges: int) -> str:
+    lines = ["kind: app", "version: 0.1.5", "app: {name: big, mode: workflow}", "workflow:"]
+    lines += ["  graph:", "    nodes:"]
+    lines += [f"      - {{id: n{i}, data: {{type: start, title: S}}}}" for i in range(nodes)]
+    lines.append("    edges:" if edges else "    edges: []")
+    lines += [f"      - {{source: n{i}, target: n{i + 1}}}" for i in range(edges)]
+    return "\n".join(lines) + "\n"
+
+
+def test_graph_and_file_sizes_are_refused_before_the_graph_is_built() -> None:
+    limits = DslLimits(max_bytes=100_000, max_nodes=10, max_edges=20)
+    with pytest.raises(WorkflowInvalid) as refused:
+        load_workflow("big.yml", text=_graph(11, 0), limits=limits)
+    assert refused.value.problems == [
+        Problem("graph.nodes: 11 nodes, over the limit of 10 (FANFLOW_DSL_MAX_NODES)")
+    ]
+    with pytest.raises(WorkflowInvalid, match=r"graph.edges: 21 edges, over the limit of 20"):
+        load_workflow("big.yml", text=_graph(2, 21), limits=limits)
+    with pytest.raises(
+        WorkflowInvalid, match=r"over the limit of 100000 \(FANFLOW_DSL_MAX_BYTES\)"
+    ):
+        load_workflow("big.yml", text="# " + "é" * 50_000, limits=limits)
+    # a 100,000-node graph is refused while it is parsed: nothing is built
+    started = time.perf_counter()
+    with pytest.raises(WorkflowInvalid, match="more than 250000 values"):
+        load_workflow("huge.yml", text=_graph(100_000, 0), limits=DslLimits(max_bytes=10**8))
+    assert time.perf_counter() - started < 10
+    # without limits (stored apps, `fanflow run`) only the YAML bounds apply
+    with pytest.raises(WorkflowInvalid) as other:
+        load_workflow("big.yml", text=_graph(11, 0))
+    assert not any("limit" in str(p) for p in other.value.problems)

@@ -60,7 +60,7 @@ def test_a_bad_reference_names_the_type_and_field() -> None:
 
 
 def test_unknown_types_are_not_declared() -> None:
-    assert node_type("tool") is None
+    assert node_type("knowledge-retrieval-v2") is None
     assert node_type("code") is NODE_TYPES["code"]
 
 

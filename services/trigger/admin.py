@@ -5,19 +5,25 @@ With no admin token configured the admin API is off: every call answers 403.
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Annotated, Any
 
-from fanflow_services.trigger.bodies import MAX_DSL_BYTES, read_body
+from fanflow_services.trigger.bodies import parse_json_object, read_body
 from fanflow_services.trigger.context import Trigger, get_trigger
-from fanflow_services.trigger.errors import ApiError, invalid_param, unauthorized
+from fanflow_services.trigger.errors import (
+    ApiError,
+    error_responses,
+    invalid_param,
+    unauthorized,
+)
+from fanflow_services.trigger.json_guard import text_error
 from fastapi import APIRouter, Depends, Request
 
-from fanflow.dsl.load import load_workflow
 from fanflow.errors import WorkflowInvalid
 
-router = APIRouter(prefix="/admin", tags=["Admin"])
+router = APIRouter(prefix="/admin", tags=["Admin"], responses=error_responses(400, 401, 403, 413))
+#: the longest app name the store keeps
+MAX_APP_NAME = 255
 
 TriggerDep = Annotated[Trigger, Depends(get_trigger)]
 
@@ -37,15 +43,11 @@ def require_admin(request: Request, trigger: TriggerDep) -> None:
         raise unauthorized("admin token missing or wrong: send 'Authorization: Bearer <token>'")
 
 
-async def _dsl_text(request: Request) -> str:
-    raw = await read_body(request, MAX_DSL_BYTES)
+async def _dsl_text(request: Request, max_bytes: int) -> str:
+    raw = await read_body(request, max_bytes)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
-        try:
-            payload = json.loads(raw)
-        except ValueError as exc:
-            raise invalid_param(f"the request body is not valid JSON: {exc}") from None
-        dsl = payload.get("dsl") if isinstance(payload, dict) else None
+        dsl = parse_json_object(raw).get("dsl")
         if not isinstance(dsl, str) or not dsl.strip():
             raise invalid_param('dsl: expected {"dsl": "<the workflow YAML>"}')
         return dsl
@@ -55,6 +57,9 @@ async def _dsl_text(request: Request) -> str:
         raise invalid_param(f"the workflow file is not UTF-8: {exc}") from None
     if not text.strip():
         raise invalid_param("the request body is empty: send the workflow YAML")
+    bad_text = text_error(text, where="the workflow file")
+    if bad_text is not None:
+        raise invalid_param(bad_text)
     return text
 
 
@@ -85,13 +90,21 @@ async def import_app(request: Request, trigger: TriggerDep) -> dict[str, Any]:
     Validates it (400 listing every problem), registers it and issues an API key, returned
     once: `{"app_id", "api_key"}`.
     """
-    text = await _dsl_text(request)
+    limits = trigger.settings.dsl_limits()
+    text = await _dsl_text(request, limits.max_bytes)
     try:
-        workflow = load_workflow("the workflow file", text=text)
+        # parsing and validating a large file takes a while: in the helper process
+        workflow = await trigger.imports.check(text, limits, label="the workflow file")
     except WorkflowInvalid as exc:
         raise ApiError(
             400, "invalid_param", str(exc), problems=[str(p) for p in exc.problems]
         ) from None
-    app_id = await trigger.store.create_app(workflow.name or "app", workflow.mode, text)
+    name = workflow.name or "app"
+    bad_name = text_error(name, where="app.name")
+    if bad_name is not None:
+        raise invalid_param(bad_name)
+    if len(name) > MAX_APP_NAME:
+        raise invalid_param(f"app.name: at most {MAX_APP_NAME} characters, got {len(name)}")
+    app_id = await trigger.store.create_app(name, workflow.mode, text)
     api_key = await trigger.store.issue_api_key(app_id)
     return {"app_id": app_id, "api_key": api_key, "name": workflow.name, "mode": workflow.mode}

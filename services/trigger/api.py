@@ -12,7 +12,14 @@ from typing import Annotated, Any, Literal
 from fanflow_services.trigger import payloads
 from fanflow_services.trigger.bodies import read_json_object
 from fanflow_services.trigger.context import Trigger, get_trigger
-from fanflow_services.trigger.errors import ApiError, invalid_param, not_found, unauthorized
+from fanflow_services.trigger.errors import (
+    ApiError,
+    error_responses,
+    invalid_param,
+    not_found,
+    unauthorized,
+)
+from fanflow_services.trigger.json_guard import storable, text_error
 from fanflow_services.trigger.resilient import (
     RUN_ID_HEADER,
     final_run,
@@ -30,11 +37,13 @@ from fanflow.errors import InputsInvalid
 from fanflow.mesh.driver import FINISHED, Envelope
 from fanflow.runtime import RunRequest
 from fanflow.scheduler import StopRequested
-from fanflow.store import AppRecord, RunRecord
+from fanflow.store import AppBusy, AppRecord, RunRecord
 from fanflow.vocabulary import FINISHED_STATUSES, RunStatus
 
 log = logging.getLogger("fanflow.trigger")
-router = APIRouter(prefix="/v1", tags=["Service API"])
+router = APIRouter(
+    prefix="/v1", tags=["Service API"], responses=error_responses(400, 401, 404, 413, 429, 503)
+)
 
 #: keep-alive comment interval of an SSE stream (Dify: 10 s)
 PING_INTERVAL_S = 10.0
@@ -79,7 +88,18 @@ def _parse_run_body(raw: dict[str, Any]) -> RunBody:
         raise invalid_param(f"{field}: {first['msg']}") from None
 
 
+def _too_many_runs(max_running: int) -> ApiError:
+    return ApiError(
+        429,
+        "too_many_requests",
+        f"Too many requests: the app has {max_running} run(s) in progress already. "
+        "Please try again later.",
+    )
+
+
 async def _own_run(trigger: Trigger, app: AppRecord, run_id: str) -> RunRecord:
+    if not storable(run_id):  # no run id holds a NUL or a lone surrogate
+        raise not_found("Workflow run not found.")
     run: RunRecord | None = await trigger.store.get_run(run_id)
     if run is None or run.app_id != app.id:
         raise not_found("Workflow run not found.")
@@ -92,7 +112,17 @@ def _json_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": schema}}
 
 
-@router.post("/workflows/run", summary="Run Workflow", openapi_extra=_json_body(RunBody))
+@router.post(
+    "/workflows/run",
+    summary="Run Workflow",
+    openapi_extra=_json_body(RunBody),
+    responses={
+        200: {
+            "description": "`blocking`: the finished run; `streaming`: its events (SSE)",
+            "content": {"application/json": {}, "text/event-stream": {}},
+        }
+    },
+)
 async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> Any:
     """Start a run; answer when it ends (`blocking`) or stream its events (`streaming`).
 
@@ -102,15 +132,14 @@ async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> An
     settings = trigger.settings
     if trigger.events.shutting_down:
         raise ApiError(503, "service_unavailable", "the trigger is shutting down; retry")
-    running = await patiently(lambda: trigger.store.count_running(app.id), "counting runs")
-    if running >= settings.app_max_active_runs:
-        raise ApiError(
-            429,
-            "too_many_requests",
-            f"Too many requests: the app has {settings.app_max_active_runs} run(s) in progress "
-            "already. Please try again later.",
-        )
+    max_running = settings.app_max_active_runs
+    # a cheap early answer; the count that decides is atomic with the run's creation
+    if await patiently(lambda: trigger.store.count_running(app.id), "counting runs") >= max_running:
+        raise _too_many_runs(max_running)
     body = _parse_run_body(await read_json_object(request, trigger.max_request_bytes))
+    if app.id not in trigger.driver.workflows:
+        # an app's first run here parses its DSL (seconds for a large one): not on the loop
+        await asyncio.to_thread(trigger.driver.workflows.get, app)
     run_id = str(uuid.uuid4())
     streaming = body.response_mode == "streaming"
     # bound before the run starts: its first events are published by this very request
@@ -121,10 +150,14 @@ async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> An
             app,
             run_id,
             RunRequest(inputs=body.inputs, user=body.user, files=tuple(body.files or ())),
+            max_running=max_running,
         )
     except InputsInvalid as exc:
         watch.close()
         raise invalid_param(str(exc)) from None
+    except AppBusy:
+        watch.close()
+        raise _too_many_runs(max_running) from None
     except BaseException:
         watch.close()
         raise
@@ -248,6 +281,9 @@ async def workflow_logs(
     """The app's runs, newest first; `keyword` matches run id, user, inputs and outputs."""
     if status is not None and status not in _LOG_STATUSES:
         raise invalid_param(f"status: expected one of {', '.join(sorted(_LOG_STATUSES))}")
+    bad_keyword = text_error(keyword, where="keyword")
+    if bad_keyword is not None:
+        raise invalid_param(bad_keyword)
     runs, total = await trigger.store.list_runs(
         app.id, status=status, keyword=keyword or None, page=page, limit=limit
     )

@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from fanflow_services.trigger.imports import ImportChecker
 from fanflow_services.trigger.streams import RunEvents
 from fastapi import Request
 
@@ -29,6 +30,8 @@ class Trigger:
     relay: OutboxRelay
     events: RunEvents
     max_request_bytes: int
+    #: parses and validates imported workflow files in a helper process
+    imports: ImportChecker = field(default_factory=ImportChecker)
 
     async def publish(self, run_id: str, outbox_ids: Sequence[int]) -> None:
         """Relay what the run's transaction just committed. On a broker failure the rows
@@ -59,6 +62,9 @@ async def open_trigger(settings: Settings, *, max_request_bytes: int) -> AsyncIt
         events = RunEvents(await broker.subscribe_events())
         events.start()
         stack.push_async_callback(events.close)
+        imports = ImportChecker()
+        imports.start()
+        stack.callback(imports.close)
         yield Trigger(
             settings=settings,
             store=store,
@@ -67,6 +73,7 @@ async def open_trigger(settings: Settings, *, max_request_bytes: int) -> AsyncIt
             relay=OutboxRelay(store, broker),
             events=events,
             max_request_bytes=max_request_bytes,
+            imports=imports,
         )
 
 

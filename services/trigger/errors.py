@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fanflow.errors import FanflowError
@@ -49,6 +50,35 @@ class ApiError(FanflowError):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: Dify's `{"code", "message", "status"}` (some add fields)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+    status: int
+
+
+_MEANINGS = {
+    400: "Invalid parameters or body (`invalid_param`); the message names the field",
+    401: "Missing or wrong credentials",
+    403: "Disabled (the admin API without FANFLOW_ADMIN_TOKEN)",
+    404: "No such run for this app",
+    413: "The body is too large",
+    429: "The app has too many runs in progress",
+    503: "The trigger is shutting down, or unhealthy",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error answers a route gives (for `APIRouter`)."""
+    return {
+        status: {"model": ErrorBody, "description": _MEANINGS.get(status, "Error")}
+        for status in statuses
+    }
 
 
 def error_body(status: int, code: str, message: str, **extra: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 from typing import Annotated, Any
 
 from fanflow_services.trigger.context import Trigger, get_trigger
-from fanflow_services.trigger.errors import error_body
+from fanflow_services.trigger.errors import error_body, error_responses
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -33,7 +33,7 @@ async def _probe(check: Awaitable[Any]) -> str:
     return "ok"
 
 
-@router.get("/healthz", summary="Health check")
+@router.get("/healthz", summary="Health check", responses=error_responses(503))
 async def healthz(trigger: TriggerDep) -> JSONResponse:
     """200 when the database answers, the broker answers and events flow; else 503."""
     checks = {
@@ -49,6 +49,10 @@ async def healthz(trigger: TriggerDep) -> JSONResponse:
     return JSONResponse(body, status_code=503)
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    responses={200: {"description": "The metrics", "content": {CONTENT_TYPE_LATEST: {}}}},
+)
 async def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

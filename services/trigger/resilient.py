@@ -28,7 +28,12 @@ FINAL_READ_BUDGET_S = 30.0
 
 
 async def start_run(
-    trigger: Trigger, app: AppRecord, run_id: str, request: RunRequest
+    trigger: Trigger,
+    app: AppRecord,
+    run_id: str,
+    request: RunRequest,
+    *,
+    max_running: int | None = None,
 ) -> Sequence[int]:
     """`driver.start_run`, retried on transient errors. A retry that finds the run exists
     means an earlier try committed (its answer was lost): its rows are published by an
@@ -39,7 +44,9 @@ async def start_run(
         nonlocal tries
         tries += 1
         try:
-            committed: Sequence[int] = await trigger.driver.start_run(app, run_id, request)
+            committed: Sequence[int] = await trigger.driver.start_run(
+                app, run_id, request, max_running=max_running
+            )
             return committed
         except RunExists:
             if tries == 1:

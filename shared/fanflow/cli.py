@@ -144,6 +144,14 @@ def run(
         float | None,
         typer.Option(help="Stop the run after this long [FANFLOW_MAX_RUN_SECONDS: 1200]."),
     ] = None,
+    conversation: Annotated[
+        Path | None,
+        typer.Option(
+            "--conversation",
+            help="Chatflows: continue the conversation kept in this JSON file (created "
+            "when missing); the turn, with memory and conversation variables, is added.",
+        ),
+    ] = None,
 ) -> None:
     """Run a workflow in this process and print its outputs as JSON."""
     from fanflow.dsl.load import load_workflow
@@ -164,6 +172,17 @@ def run(
             limits = replace(limits, max_run_seconds=max_run_seconds)
         loaded = load_workflow(workflow)
         request = RunRequest(inputs=_parse_inputs(inputs or [], inputs_file), query=query)
+        kept = None
+        if conversation is not None:
+            from fanflow.chat.conversation_file import ConversationFile, continue_request
+
+            if loaded.mode != "advanced-chat":
+                raise InputsInvalid(
+                    f"--conversation: {workflow} is a {loaded.mode} app; only chatflows "
+                    "(advanced-chat) have conversations"
+                )
+            kept = ConversationFile.load(conversation)
+            request = continue_request(kept, request)
         progress = _IterationProgress()
         sandbox = sandbox_from_settings(settings)  # owned here, closed below
         runner = EmbeddedRunner(
@@ -180,6 +199,11 @@ def run(
     except (WorkflowInvalid, InputsInvalid) as exc:
         _print_error(str(exc))
         raise typer.Exit(EXIT_INVALID) from None
+    if kept is not None:
+        kept.add_turn(
+            request.query or "", str(result.outputs.get("answer") or ""), result.conversation
+        )
+        kept.save()
     payload = result.as_dict() if as_json else result.outputs
     sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
     if result.status not in SUCCESS_STATUSES:

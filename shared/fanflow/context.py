@@ -40,9 +40,18 @@ class ExecutionContext:
     http_pool: HttpPool | None = None
     #: LLM providers (`fanflow.llm.providers.Providers`); None: from the environment
     llm_providers: Any = None
+    #: the LLM response cache (`fanflow.llm.cache`) of nodes with `fanflow.cache`; None:
+    #: no caching
+    llm_cache: Any = None
+    #: prices, the runs' LLM ledger and budget (`fanflow.llm.costs.CostAccounting`); None:
+    #: tokens and costs are not counted
+    llm_costs: Any = None
     #: SSRF guard opt-outs for the http-request node (tests, private deployments)
     allow_private_networks: bool = False
     http_allow_list: tuple[str, ...] = ()
+    #: the tool providers of this process (`fanflow.tools.catalog.ToolCatalog`); None:
+    #: the built-ins, or the catalog `fanflow.tools.catalog.activate` installed
+    tools: Any = None
 
 
 @dataclass(frozen=True)

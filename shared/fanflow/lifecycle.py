@@ -6,8 +6,11 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import start_http_server
+
+log = logging.getLogger(__name__)
 
 
 def configure_logging(name: str) -> None:
@@ -35,3 +38,24 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
         await main(stop)
 
     asyncio.run(runner())
+
+
+async def every(interval_s: float, action: Callable[[], Awaitable[Any]]) -> None:
+    """Run `action` every `interval_s` until cancelled; a failure is logged, not raised."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await action()
+        except Exception as exc:
+            name = getattr(action, "__name__", action)
+            if _unavailable(exc):  # a database or broker away: one line, not a traceback
+                log.warning("periodic %s failed: %s: %s", name, type(exc).__name__, exc)
+            else:
+                log.exception("periodic %s failed", name)
+
+
+def _unavailable(exc: Exception) -> bool:
+    from fanflow.mesh.transport import BrokerError
+    from fanflow.store import is_transient
+
+    return isinstance(exc, BrokerError) or is_transient(exc)

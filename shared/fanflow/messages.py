@@ -52,6 +52,8 @@ class NodeTask(_Message):
     #: selector key ("node.var.path") -> value, for every selector the node reads
     variables: dict[str, Any] = {}
     timeout_s: float | None = None
+    #: a node with conversation memory: its window of earlier turns, oldest first
+    history: list[dict[str, str]] = []
 
     def lookup(self, selector: Sequence[str]) -> Any:
         """Resolve a selector from the values carried (KeyError when absent)."""

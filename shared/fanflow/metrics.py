@@ -81,6 +81,47 @@ NODE_RETRIES = Counter(
     "Task attempts the scheduler sent again after a failure (delayed through the broker).",
     ["node_type"],
 )
+
+# ---- fleet-wide flow control (fanflow.resilience.redis_*, fanflow.llm) ----
+FLOW_CONTROL_MODE = Gauge(
+    "fanflow_flow_control_mode",
+    "1 for the mode of limits and breakers in force: global (shared through Redis) or "
+    "local (per worker process, Redis absent or not answering).",
+    ["mode"],
+)
+FLOW_CONTROL_FALLBACKS = Counter(
+    "fanflow_flow_control_fallbacks_total",
+    "Times a process fell back to per-process limits because Redis stopped answering.",
+)
+FLOW_CONTROL_DEFERRED = Counter(
+    "fanflow_flow_control_deferred_total",
+    "Calls sent back to the scheduler (retry later) because a fleet-wide limit had no room "
+    "within the in-worker wait bound, by the limit (scope and kind).",
+    ["upstream", "kind", "limit"],
+)
+LLM_FAILOVERS = Counter(
+    "fanflow_llm_failovers_total",
+    "LLM calls that moved on to a fallback model, by the model that failed and why.",
+    ["model", "reason"],
+)
+LLM_CACHE = Counter(
+    "fanflow_llm_cache_requests_total",
+    "Lookups of the LLM response cache (nodes with fanflow.cache): hit, miss, or no_app "
+    "(the task did not carry its app, so it was not cached).",
+    ["result"],
+)
+LLM_TOKENS = Counter(
+    "fanflow_llm_tokens_total",
+    "Tokens LLM answers billed (each answer once, retried attempts included, cache hits "
+    "not), by model and kind (prompt, completion).",
+    ["model", "kind"],
+)
+LLM_COST = Counter(
+    "fanflow_llm_cost_total",
+    "Cost of the billed LLM answers by model, from the prices file (FANFLOW_LLM_PRICES_FILE).",
+    ["model", "currency"],
+)
+
 OUTBOX_PARKED = Counter(
     "fanflow_outbox_parked_total",
     "Outbox messages that can never be published (no queue routes them): the row is "

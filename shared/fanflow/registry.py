@@ -168,7 +168,14 @@ _DECLARED = (
     _container("iteration", "check_iteration", "iteration-start"),
     _container("loop", "check_loop", "loop-start", "loop_reads"),
     _task("code", "code:run_code_node", "code", "check_code", retryable=True),
-    _task("http-request", "http_request:run_http_request", "http", "check_http", retryable=True),
+    _task(
+        "http-request",
+        "http_request:run_http_request",
+        "http",
+        "check_http",
+        reads="http_reads",
+        retryable=True,
+    ),
     _task("llm", "llm:run_llm_node", "llm", "check_llm", retryable=True, llm=True),
     _task(
         "parameter-extractor",
@@ -184,6 +191,40 @@ _DECLARED = (
         "llm",
         "check_question_classifier",
         llm=True,
+    ),
+    # tools and their DSL checks live in fanflow.tools (provider catalog, parameters)
+    NodeType(
+        "tool",
+        NodeKind.TASK,
+        execute_ref=_EXEC + "tool:run_tool_node",
+        queue_class="tool",
+        check_ref="fanflow.tools.node:check_tool",
+        reads_ref="fanflow.tools.node:tool_reads",
+        retryable=True,
+    ),
+    NodeType(
+        "document-extractor",
+        NodeKind.TASK,
+        execute_ref=_EXEC + "document_extractor:run_document_extractor",
+        queue_class="tool",
+        check_ref=_EXEC + "document_extractor:check_document_extractor",
+        retryable=True,
+    ),
+    NodeType(
+        "knowledge-retrieval",
+        NodeKind.TASK,
+        execute_ref=_EXEC + "knowledge_retrieval:run_knowledge_retrieval",
+        queue_class="tool",
+        check_ref=_EXEC + "knowledge_retrieval:check_knowledge_retrieval",
+        retryable=True,
+    ),
+    NodeType(
+        "agent",
+        NodeKind.TASK,
+        execute_ref=_EXEC + "agent:run_agent_node",
+        queue_class="llm",
+        check_ref=_EXEC + "agent:check_agent",
+        retryable=True,
     ),
 )
 

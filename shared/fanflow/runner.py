@@ -14,19 +14,16 @@ from typing import Any
 
 from fanflow.executors import ExecutionContext, execute_with_timeout
 from fanflow.http_pool import HttpPool
+from fanflow.kernel import MemoryItems, settle_items, start_run
 from fanflow.messages import NodeTask
 from fanflow.runtime import RunRequest, prepare_run
 from fanflow.scheduler import (
     CancelTasks,
-    CollectItems,
     Command,
     DispatchTask,
     Emit,
     Event,
-    ItemOutcome,
-    ItemsCollected,
     Limits,
-    RecordItem,
     RunFinished,
     Scheduler,
     StartTimer,
@@ -54,25 +51,11 @@ class RunResult:
     created_at: int
     finished_at: int
     exceptions_count: int = 0
+    #: a chatflow's conversation variables as the run left them (not part of `as_dict`)
+    conversation: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class _ItemStore:
-    """Iteration item results, kept outside the run state (as the database does on the mesh)."""
-
-    items: dict[str, dict[int, ItemOutcome]] = field(default_factory=dict)
-
-    def record(self, command: RecordItem) -> None:
-        self.items.setdefault(command.iteration, {})[command.index] = ItemOutcome(
-            command.index, command.value, command.removed
-        )
-
-    def collect(self, iteration: str) -> tuple[ItemOutcome, ...]:
-        recorded = self.items.pop(iteration, {})
-        return tuple(recorded[i] for i in sorted(recorded))
+        return {k: v for k, v in self.__dict__.items() if k != "conversation"}
 
 
 class EmbeddedRunner:
@@ -131,7 +114,7 @@ class EmbeddedRunner:
         setup = prepare_run(workflow, request, run_id=run_id, now_s=created)
         scheduler = Scheduler(workflow, limits=self.limits)
         events: asyncio.Queue[Event] = asyncio.Queue()
-        store = _ItemStore()
+        items = MemoryItems()
         tasks: set[asyncio.Task[None]] = set()
         timers: list[asyncio.TimerHandle] = []
         loop = asyncio.get_running_loop()
@@ -143,19 +126,13 @@ class EmbeddedRunner:
             result = await execute_with_timeout(task, context, timeout_s=self.limits.task_timeout_s)
             events.put_nowait(TaskFinished(result))
 
-        def carry_out(commands: list[Command]) -> None:
+        async def carry_out(commands: list[Command]) -> None:
             nonlocal finished
-            for command in commands:
+            for command in await settle_items(scheduler, state, commands, items):
                 if isinstance(command, DispatchTask):
                     handle = asyncio.create_task(run_task(command.task, command.delay_ms))
                     tasks.add(handle)
                     handle.add_done_callback(tasks.discard)
-                elif isinstance(command, RecordItem):
-                    store.record(command)
-                elif isinstance(command, CollectItems):
-                    events.put_nowait(
-                        ItemsCollected(command.iteration, store.collect(command.iteration))
-                    )
                 elif isinstance(command, StartTimer):
                     timers.append(
                         loop.call_later(
@@ -175,19 +152,11 @@ class EmbeddedRunner:
         if stop_waiter is not None:
             stop_waiter.add_done_callback(lambda _: events.put_nowait(StopRequested()))
         try:
-            state, commands = scheduler.start(
-                run_id,
-                inputs=setup.inputs,
-                system=setup.system,
-                environment=setup.environment,
-                conversation=setup.conversation,
-                conversation_types=setup.conversation_types,
-            )
-            carry_out(commands)
+            state, commands = start_run(scheduler, run_id, setup)
+            await carry_out(commands)
             while finished is None:
                 event = await events.get()
-                commands = scheduler.advance(state, event)
-                carry_out(commands)
+                await carry_out(scheduler.advance(state, event))
         finally:
             for timer in timers:
                 timer.cancel()
@@ -210,4 +179,5 @@ class EmbeddedRunner:
             created_at=int(created),
             finished_at=int(ended),
             exceptions_count=state.exceptions_count,
+            conversation=dict(state.conversation),
         )

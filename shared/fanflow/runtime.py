@@ -22,6 +22,13 @@ class RunRequest:
     app_id: str = "00000000-0000-0000-0000-000000000000"
     workflow_id: str = "00000000-0000-0000-0000-000000000000"
     files: tuple[Any, ...] = ()
+    #: a chatflow turn of an existing conversation: its id (else one is derived from the
+    #: run id), this turn's number, the variables' stored values (declared names only; the
+    #: others keep their defaults) and the earlier turns (query, answer), oldest first
+    conversation_id: str | None = None
+    dialogue_count: int = 1
+    conversation_values: Mapping[str, Any] = field(default_factory=dict)
+    history: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -30,9 +37,10 @@ class RunSetup:
 
     inputs: dict[str, Any]
     system: dict[str, Any]
-    environment: dict[str, Any]
-    conversation: dict[str, Any]
-    conversation_types: dict[str, str]
+    environment: dict[str, Any] = field(default_factory=dict)
+    conversation: dict[str, Any] = field(default_factory=dict)
+    conversation_types: dict[str, str] = field(default_factory=dict)
+    history: list[dict[str, str]] = field(default_factory=list)
 
 
 def prepare_run(
@@ -66,14 +74,20 @@ def prepare_run(
         system.update(
             {
                 "query": query or "",
-                "conversation_id": str(uuid.uuid5(uuid.NAMESPACE_URL, run_id)),
-                "dialogue_count": 1,
+                "conversation_id": request.conversation_id
+                or str(uuid.uuid5(uuid.NAMESPACE_URL, run_id)),
+                "dialogue_count": request.dialogue_count,
             }
         )
+    conversation = {v.name: v.value for v in workflow.conversation}
+    for name, value in request.conversation_values.items():
+        if name in conversation:
+            conversation[name] = value
     return RunSetup(
         inputs=inputs,
         system=system,
         environment={v.name: v.value for v in workflow.environment},
-        conversation={v.name: v.value for v in workflow.conversation},
+        conversation=conversation,
         conversation_types={v.name: v.value_type for v in workflow.conversation},
+        history=[{"query": query, "answer": answer} for query, answer in request.history],
     )

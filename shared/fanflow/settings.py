@@ -16,6 +16,7 @@ from fanflow import defaults
 DEFAULT_DATABASE_URL = defaults.DATABASE_URL
 
 if TYPE_CHECKING:
+    from fanflow.dsl.limits import DslLimits
     from fanflow.mesh.topology import Topology
     from fanflow.scheduler import Limits
 
@@ -37,8 +38,14 @@ class Settings(BaseSettings):
     #: how long a blocking /workflows/run waits before answering with the run so far
     blocking_timeout_s: float = defaults.MAX_RUN_SECONDS
 
+    # ---- workflow imports (fanflow.dsl.limits): larger files and graphs → 400 / 413 ----
+    dsl_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    dsl_max_nodes: int = Field(default=2_000, ge=1)
+    dsl_max_edges: int = Field(default=10_000, ge=1)
+    dsl_max_values: int = Field(default=250_000, ge=1)
+
     # ---- worker ----
-    worker_queues: str = "llm,http,code"
+    worker_queues: str = "llm,http,code,tool"
     #: prefetch of every class this worker serves; unset: per class, as below
     worker_prefetch: int | None = None
     task_timeout_s: float = defaults.TASK_TIMEOUT_S
@@ -47,7 +54,7 @@ class Settings(BaseSettings):
     drain_timeout_s: float = 30.0
 
     # ---- worker prefetch per class: a class's concurrency in one worker process ----
-    #: unset: FANFLOW_WORKER_PREFETCH if set, else the class's default (services/worker:
+    #: unset: FANFLOW_WORKER_PREFETCH if set, else the class's default (fanflow.mesh.prefetch:
     #: llm and http 64 — they wait on I/O —, tool 16, code the number of CPUs)
     worker_prefetch_llm: int | None = Field(default=None, ge=1)
     worker_prefetch_http: int | None = Field(default=None, ge=1)
@@ -112,6 +119,15 @@ class Settings(BaseSettings):
     llm_providers_file: Path | None = None
     #: one chat completion request, connect to last byte
     llm_timeout_s: float = 60.0
+    #: YAML or JSON: `{provider:model or glob: {prompt, completion, per, currency}}`, money
+    #: per `per` (default 1,000,000) tokens (fanflow.llm.costs)
+    llm_prices_file: Path | None = None
+    #: the most one run may spend on LLM calls, in the prices' currency (unset: no limit)
+    llm_run_budget: float | None = Field(default=None, gt=0)
+
+    # ---- tool nodes (fanflow.tools) ----
+    #: YAML or JSON: tool providers' keys and base URLs, custom OpenAPI providers
+    tools_file: Path | None = None
 
     # ---- external calls (fanflow.resilience.upstreams) and the http-request node (fanflow.resilience.ssrf) ----
     #: let http-request nodes reach loopback, private and link-local addresses (SSRF guard off)
@@ -134,6 +150,22 @@ class Settings(BaseSettings):
     #: limits of the upstreams the file leaves out (per worker process; unset: none)
     upstream_max_concurrency: int | None = None
     upstream_rps: float | None = None
+
+    # ---- fleet-wide state in Redis (fanflow.resilience.redis_*) ----
+    #: e.g. redis://127.0.0.1:6379/0: the upstream limits file's entries (and rpm, tpm,
+    #: per_app, per_user) hold for the whole fleet, breakers are shared, the LLM cache
+    #: lives there; unset (or Redis not answering): per worker process
+    redis_url: str | None = None
+    #: prefix of every key (unset: FANFLOW_NAMESPACE)
+    redis_prefix: str | None = None
+    #: a Redis command's time limit; after a failure, per-process state for redis_retry_s
+    redis_timeout_s: float = 1.0
+    redis_retry_s: float = 5.0
+    #: a concurrency lease's life: longer than any call, so a killed worker's slots return
+    redis_lease_ttl_s: float = 120.0
+    #: how old a worker's copy of a closed shared breaker may be: an upstream opened by one
+    #: worker is refused by all within this time
+    redis_breaker_sync_s: float = 0.2
 
     # ---- pooled HTTP connections of LLM and http-request nodes (fanflow.http_pool) ----
     #: connections kept per upstream host; unset: the worker's prefetch (its concurrency
@@ -164,6 +196,17 @@ class Settings(BaseSettings):
         from fanflow.mesh.topology import Topology
 
         return Topology(namespace=self.namespace, delivery_limit=self.delivery_limit)
+
+    def dsl_limits(self) -> DslLimits:
+        """The size limits of an imported workflow file and its graph."""
+        from fanflow.dsl.limits import DslLimits
+
+        return DslLimits(
+            max_bytes=self.dsl_max_bytes,
+            max_nodes=self.dsl_max_nodes,
+            max_edges=self.dsl_max_edges,
+            max_values=self.dsl_max_values,
+        )
 
     def limits(self) -> Limits:
         """Per-run limits: steps, deadline, and a task's time limit."""

@@ -13,11 +13,13 @@ import pytest
 import yaml
 
 from fanflow.registry import SUPPORTED_NODE_TYPES, TASK_NODE_TYPES
+from fanflow.tools.catalog import BUILTIN_PROVIDERS, provider_key
 from tests.conformance.expected_outputs import EXPECTED_OUTPUTS
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "dify" / "fixtures"
 #: task node types that run for real here; the others need a mocked LLM answer
-EXECUTABLE_TASK_TYPES = frozenset({"code", "http-request"})
+#: (tool: the fixtures' tools are built-ins without network, e.g. time's current_time)
+EXECUTABLE_TASK_TYPES = frozenset({"code", "http-request", "tool"})
 #: task node types whose mocked answers `fanflow mock-llm` gives (test_conformance_llm.py)
 LLM_TASK_TYPES = frozenset({"llm"})
 #: the status a mocked LLM error is answered with: a 4xx, which fanflow never retries
@@ -126,6 +128,8 @@ def why_not_runnable(case: Case) -> str | None:
     unsupported = types - SUPPORTED_NODE_TYPES
     if unsupported:
         return f"uses unsupported node types {sorted(unsupported)}"
+    if "tool" in types and (networked := _tools_needing_a_mock(case.fixture)):
+        return f"needs a mocked tool answer for {networked}"
     needs_upstream = (types & TASK_NODE_TYPES) - EXECUTABLE_TASK_TYPES
     if needs_upstream - LLM_TASK_TYPES or (needs_upstream and llm_replies(case) is None):
         return f"needs a mocked LLM answer for {sorted(needs_upstream)}"
@@ -141,6 +145,18 @@ def why_not_runnable(case: Case) -> str | None:
         # client reaches; the cases without a recording expect the request to fail
         return "needs a recorded HTTP response"
     return None
+
+
+def _tools_needing_a_mock(fixture: str) -> list[str]:
+    """The fixture's tool providers that are not built-ins fanflow runs offline."""
+    needing = []
+    for data in fixture_nodes(fixture).values():
+        if data.get("type") != "tool":
+            continue
+        provider = BUILTIN_PROVIDERS.get(provider_key(str(data.get("provider_id") or "")))
+        if provider is None or provider.network:
+            needing.append(str(data.get("provider_id")))
+    return sorted(needing)
 
 
 def outputs_match(actual: Any, expected: Any, *, exact: bool) -> bool:

@@ -222,3 +222,23 @@ def test_dev_needs_nothing_for_sqlite_but_the_broker(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "RabbitMQ is not reachable" in done.stderr
     assert "PostgreSQL" not in done.stderr
+
+
+def test_dev_passes_list_settings_to_its_children_as_the_settings_read_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fanflow_services.dev import _Mesh
+
+    from fanflow.settings import Settings
+
+    allowed = ("10.1.0.0/16", "*.corp.example", "intranet")
+    mesh = _Mesh(Settings(http_allow_list=allowed), port=_free_port(), workers=1)
+    env = mesh._env(None)
+    assert env["FANFLOW_HTTP_ALLOW_LIST"] == "10.1.0.0/16,*.corp.example,intranet"
+    # a child builds its settings from that environment: the same allow list
+    for name in [name for name in os.environ if name.startswith("FANFLOW_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("FANFLOW_"):
+            monkeypatch.setenv(name, value)
+    assert Settings().http_allow_list == allowed

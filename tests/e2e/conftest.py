@@ -16,6 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.llm.conftest import MockLLM
 
+# Redis for the fleet-wide tests: the machine's, keys under a random prefix
+from tests.resilience.conftest import redis_prefix, redis_url  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[2]
 E2E_DATA = ROOT / "tests" / "data" / "e2e"
 DIFY_DSL = ROOT / "tests" / "data" / "dify" / "dsl"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import fanflow.resilience.ssrf
 from fanflow.dsl.load import load_workflow
@@ -27,6 +28,7 @@ from fanflow.scheduler import Limits
 from fanflow.settings import Settings
 from tests.e2e.conftest import DIFY_DSL, E2E_DATA, Mocks
 from tests.mesh.conftest import running_cluster
+from tests.tools.fakes import Reply, Seen, fake_service
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -109,21 +111,41 @@ NEEDS_NETWORK: dict[str, tuple[dict[str, Any], str, str, str]] = {
     ),
 }
 
+#: file → (inputs, what its tool nodes call): runs on the mesh with its tools' services
+#: faked locally (the tools file points the providers at them), LLM calls to the mock
+RUNS_WITH_FAKE_TOOLS: dict[str, tuple[dict[str, Any], str]] = {
+    "LanguageConsistencyChecker.yml": (
+        {"url": "guides/intro.md", "lang": "en-US"},
+        "3 jina_reader calls; code nodes parse the reader's JSON",
+    ),
+    "链文智译-LinkTrans Smart.yml": (
+        {"url": "https://example.com/post"},
+        "1 firecrawl scrape feeding an LLM's context",
+    ),
+}
+#: file → (the node that fails, its error): valid, and fails at run for a named feature
+FAILS_AT_RUN = {
+    "获取金融投资新闻top10.yml": ("1739247876689", "code_language 'javascript' is not supported"),
+}
+#: file → what refuses it: node types, or tool providers (`tool:<provider>`) fanflow lacks
 NOT_LOADABLE = {
-    "Claude3 Code Translation.yml": "tool",
-    "LanguageConsistencyChecker.yml": "tool",
-    "儿童故事播客.yml": "tool",
-    "出题组卷.yml": "tool, document-extractor",
-    "文章仿写-单图_多图自动搭配.yml": "tool",
-    "获取金融投资新闻top10.yml": "tool",
-    "资讯推送应用.yml": "tool",
-    "链文智译-LinkTrans Smart.yml": "tool",
+    "Claude3 Code Translation.yml": "tool:aws",
+    "儿童故事播客.yml": "tool:audio, tool:comfyui",
+    "出题组卷.yml": "tool:feishu_document",
+    "文章仿写-单图_多图自动搭配.yml": "tool:本地爬虫, tool:imageSearch",
+    "资讯推送应用.yml": "tool:wecom",
 }
 
 
 def test_every_export_is_classified() -> None:
     files = {path.name for path in DIFY_DSL.glob("*.yml")}
-    lists = (set(RUNNABLE), set(NEEDS_NETWORK), set(NOT_LOADABLE))
+    lists = (
+        set(RUNNABLE),
+        set(NEEDS_NETWORK),
+        set(RUNS_WITH_FAKE_TOOLS),
+        set(FAILS_AT_RUN),
+        set(NOT_LOADABLE),
+    )
     assert set().union(*lists) == files
     assert sum(len(names) for names in lists) == len(files)
     for name in sorted(files):
@@ -133,7 +155,13 @@ def test_every_export_is_classified() -> None:
             assert name in NOT_LOADABLE, f"{name}: {exc}"
             kinds = {k.strip() for k in NOT_LOADABLE[name].split(",")}
             for kind in kinds:
-                assert any(f"unsupported node type '{kind}'" in str(p) for p in exc.problems)
+                provider = kind.removeprefix("tool:")
+                expected = (
+                    f"tool provider '{provider}'"
+                    if kind.startswith("tool:")
+                    else f"unsupported node type '{kind}'"
+                )
+                assert any(expected in str(p) for p in exc.problems), (name, kind)
             continue
         assert name not in NOT_LOADABLE, f"{name} loads now: run it"
 
@@ -167,6 +195,72 @@ async def test_runnable_exports_on_the_mesh(tmp_path: Path, mocks: Mocks) -> Non
     assert all(isinstance(t, str) and t.startswith("mock-") for t in wensi.outputs["sections"])
     assert wensi.outputs["final_article"].startswith("mock-")
     assert mock.stats()["requests"] == 5  # outline, 3 sections, editor
+
+
+def _jina(seen: Seen) -> Reply:
+    page = seen.path.rsplit("/", 1)[-1]
+    language = seen.path.split("/main/")[1].split("/")[0]
+    content = f"{language} text of {page}"
+    return Reply(body={"code": 200, "data": {"url": seen.path[1:], "content": content}})
+
+
+async def test_exports_with_tools_on_the_mesh(tmp_path: Path, mocks: Mocks) -> None:
+    """Tool nodes run on the workers' tool class against local fakes of jina and firecrawl;
+    their outputs reach the code and LLM nodes after them."""
+    mock = mocks.start()
+    with fake_service() as service:
+        service.prefix("GET", "/", _jina)
+        service.route(
+            "POST",
+            "/v1/scrape",
+            lambda seen: Reply(
+                body={"success": True, "data": {"markdown": f"# Post at {seen.json()['url']}"}}
+            ),
+        )
+        tools_file = tmp_path / "tools.yml"
+        tools_file.write_text(
+            yaml.safe_dump(
+                {
+                    "providers": {
+                        "jina": {"base_url": service.url},
+                        "firecrawl": {"base_url": service.url, "api_key": "fc-test"},
+                    }
+                }
+            )
+        )
+        env = {"FANFLOW_LLM_BASE_URL": mock.url, "FANFLOW_TOOLS_FILE": str(tools_file)}
+        async with running_cluster("sqlite", tmp_path, workers=1, worker_env=env) as cluster:
+            started = []
+            for name, (inputs, _why) in RUNS_WITH_FAKE_TOOLS.items():
+                app = await cluster.register(DIFY_DSL / name)
+                started.append((name, await cluster.start_run(app, inputs)))
+            for name in FAILS_AT_RUN:
+                app = await cluster.register(DIFY_DSL / name)
+                started.append((name, await cluster.start_run(app, {})))
+            runs = {name: await cluster.wait(run_id, timeout_s=60) for name, run_id in started}
+    checker = runs["LanguageConsistencyChecker.yml"]
+    assert (checker.status, checker.error) == ("succeeded", None)
+    assert set(checker.outputs) == {"cn", "en", "jp"}
+    assert all(isinstance(v, str) and v.startswith("mock-") for v in checker.outputs.values())
+    readers = sorted(s.path for s in service.seen if s.method == "GET")
+    assert readers == [
+        f"/https://raw.githubusercontent.com/langgenius/dify-docs/refs/heads/main/{lang}"
+        "/guides/intro.md"
+        for lang in ("en", "jp", "zh_CN")
+    ]
+    linktrans = runs["链文智译-LinkTrans Smart.yml"]
+    assert (linktrans.status, linktrans.error) == ("succeeded", None)
+    assert linktrans.outputs["text"].startswith("mock-")
+    [scrape] = [s for s in service.seen if s.method == "POST"]
+    assert scrape.headers["authorization"] == "Bearer fc-test"
+    assert scrape.json()["url"] == "https://example.com/post"
+    # the scraped markdown is the context of the first LLM call
+    bodies = [json.dumps(r["body"], ensure_ascii=False) for r in mock.requests()]
+    assert any("# Post at https://example.com/post" in body for body in bodies)
+    news = runs["获取金融投资新闻top10.yml"]
+    node_id, error = FAILS_AT_RUN["获取金融投资新闻top10.yml"]
+    assert news.status == "failed"
+    assert news.error is not None and news.error.startswith(f"{node_id} (") and error in news.error
 
 
 @pytest.mark.parametrize("name", sorted(NEEDS_NETWORK))

@@ -372,6 +372,44 @@ async def test_invalid_json_body_fails_before_sending(server: _Server) -> None:
     assert server.hits == []
 
 
+@pytest.mark.parametrize(
+    ("broken", "repaired"),
+    [
+        ('{"a": 1 "b": "{{#start.name#}}"}', {"a": 1, "b": "Ada"}),  # a missing comma
+        ('{"a": [1, 2,], }', {"a": [1, 2]}),  # trailing commas
+        ("{'a': 'x'}", {"a": "x"}),  # single quotes
+    ],
+)
+async def test_a_broken_json_body_is_repaired_before_sending(
+    server: _Server, broken: str, repaired: dict[str, Any]
+) -> None:
+    task = http_task(
+        server.url("/echo"),
+        method="post",
+        body=body("json", text(broken)),
+        values={"start.name": "Ada"},
+    )
+    echoed = await echo(task)
+    assert json.loads(echoed["body"]) == repaired
+
+
+async def test_an_empty_form_data_file_item_is_left_out(server: _Server) -> None:
+    items = (
+        text("v", key="note"),
+        {"type": "file", "key": "upload", "file": ["start", "doc"]},
+        {"type": "file", "key": "more", "file": ["start", "docs"]},
+    )
+    task = http_task(
+        server.url("/echo"),
+        method="post",
+        body=body("form-data", *items),
+        values={"start.doc": None, "start.docs": []},
+    )
+    echoed = await echo(task)
+    assert 'name="note"' in echoed["body"]
+    assert "upload" not in echoed["body"] and "more" not in echoed["body"]
+
+
 async def test_urlencoded_body(server: _Server) -> None:
     task = http_task(
         server.url("/echo"),
@@ -414,7 +452,11 @@ async def test_form_data_body(server: _Server) -> None:
 async def test_file_bodies_are_refused_clearly(
     server: _Server, request_body: dict[str, Any]
 ) -> None:
-    result = await run(http_task(server.url("/echo"), method="post", body=request_body))
+    file = {"type": "document", "transfer_method": "remote_url", "url": "https://x.example/a"}
+    task = http_task(
+        server.url("/echo"), method="post", body=request_body, values={"start.doc": file}
+    )
+    result = await run(task)
     assert (result.error_type, result.retryable) == ("NotSupportedError", False)
     assert "not supported yet" in (result.error or "")
     assert server.hits == []
@@ -785,3 +827,66 @@ async def test_tls_verifies_the_hosts_name_on_the_pinned_address(
     assert (await run(http_task(wrong, ssl_verify=False), context(allow=LOOPBACK))).status == (
         "succeeded"
     )
+
+
+# ---- header injection ----
+
+FORGED = "x\r\nHost: evil.example\r\nAuthorization: Bearer forged"
+
+
+@pytest.mark.parametrize(
+    "breaker", [FORGED, "x\nAuthorization: Bearer forged", "x\rY: z", "a\x00b"]
+)
+async def test_a_line_break_in_a_rendered_header_value_fails_the_node(
+    server: _Server, breaker: str
+) -> None:
+    task = http_task(
+        server.url("/echo"),
+        headers="X-Name: {{#start.name#}}\nX-Fixed: 1",
+        values={"start.name": breaker},
+    )
+    result = await run(task)
+    assert result.status == "failed"
+    assert (result.error_type, result.retryable) == ("InvalidHeaderError", False)
+    assert "'X-Name'" in (result.error or "")
+    assert server.hits == []  # nothing reached the listener, forged or not
+
+
+async def test_a_line_break_in_a_rendered_header_name_fails_the_node(server: _Server) -> None:
+    task = http_task(
+        server.url("/echo"),
+        headers="{{#start.name#}}: v",
+        values={"start.name": "X-A\nAuthorization"},
+    )
+    result = await run(task)
+    assert (result.error_type, result.retryable) == ("InvalidHeaderError", False)
+    assert server.hits == []
+
+
+async def test_a_line_break_in_a_rendered_api_key_fails_the_node(server: _Server) -> None:
+    task = http_task(
+        server.url("/echo"),
+        authorization={"type": "api-key", "config": {"type": "bearer", "api_key": "{{#env.k#}}"}},
+        values={"env.k": "sk-1\r\nHost: evil.example"},
+    )
+    result = await run(task)
+    assert (result.error_type, result.retryable) == ("InvalidHeaderError", False)
+    assert "'Authorization'" in (result.error or "")
+    assert server.hits == []
+
+
+async def test_header_values_are_rendered_after_splitting_so_text_stays_one_header(
+    server: _Server,
+) -> None:
+    # a value that looks like more headers, without a line break, stays one header's value
+    task = http_task(
+        server.url("/echo"),
+        headers="X-Note: {{#start.note#}}\nX-Other: {{#start.other#}}",
+        values={"start.note": "a: Host: evil.example", "start.other": "Authorization: forged"},
+    )
+    echoed = await echo(task)
+    headers = echoed["headers"]
+    assert headers["x-note"] == "a: Host: evil.example"
+    assert headers["x-other"] == "Authorization: forged"
+    assert headers["host"] == f"127.0.0.1:{server.port}"
+    assert "authorization" not in headers

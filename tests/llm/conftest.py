@@ -19,6 +19,9 @@ from fanflow.executors import ExecutionContext, llm, parameter_extractor, questi
 from fanflow.llm import Providers
 from fanflow.messages import NodeTask
 
+# Redis for the LLM cache tests: the machine's under a random prefix, or a private one
+from tests.resilience.conftest import private_redis, redis_prefix, redis_url  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[2]
 LLM_DATA = ROOT / "tests" / "data" / "llm"
 LLM_EXECUTORS = (llm, parameter_extractor, question_classifier)

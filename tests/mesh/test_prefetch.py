@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from fanflow_services.worker.main import DEFAULT_PREFETCH, cpu_count, prefetch_for
 
+from fanflow.mesh.prefetch import DEFAULT_PREFETCH, cpu_count, prefetch_for
 from fanflow.settings import Settings
 
 

@@ -8,13 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fanflow.kernel import MemoryItems, start_run
 from fanflow.messages import NodeTask, TaskResult
+from fanflow.runtime import RunSetup
 from fanflow.scheduler import (
     CollectItems,
     DispatchTask,
     Emit,
     Event,
-    ItemOutcome,
     ItemsCollected,
     Limits,
     RecordItem,
@@ -88,7 +89,7 @@ def simulate(
 
     scheduler = Scheduler(workflow, limits=limits or Limits())
     pending: list[Event] = []
-    items: dict[str, dict[int, ItemOutcome]] = {}
+    items = MemoryItems()
     finished: list[RunFinished] = []
     nodes_done: list[tuple[str, str]] = []
     trace_max_scopes = 0
@@ -98,20 +99,17 @@ def simulate(
             if isinstance(command, DispatchTask):
                 pending.append(TaskFinished(fake_execute(command.task)))
             elif isinstance(command, RecordItem):
-                items.setdefault(command.iteration, {})[command.index] = ItemOutcome(
-                    command.index, command.value, command.removed
-                )
+                items.record(command)
             elif isinstance(command, CollectItems):
-                got = items.pop(command.iteration, {})
-                pending.append(
-                    ItemsCollected(command.iteration, tuple(got[i] for i in sorted(got)))
-                )
+                # answered later, in any order among the other pending events
+                pending.append(ItemsCollected(command.iteration, items.collect(command.iteration)))
             elif isinstance(command, Emit) and command.event == "node_finished":
                 nodes_done.append((command.data["scope"], command.data["node_id"]))
             elif isinstance(command, RunFinished):
                 finished.append(command)
 
-    state, commands = scheduler.start("run-1", inputs=inputs or {}, system={"user_id": "u"})
+    setup = RunSetup(inputs=dict(inputs or {}), system={"user_id": "u"})
+    state, commands = start_run(scheduler, "run-1", setup)
     carry_out(commands)
     events = 0
     while pending and events < max_events:

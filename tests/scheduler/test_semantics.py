@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from fanflow.kernel import MemoryItems, start_run
 from fanflow.messages import NodeTask, TaskResult
+from fanflow.runtime import RunSetup
 from fanflow.scheduler import (
     CancelTasks,
     CollectItems,
@@ -181,13 +183,12 @@ class Run:
     ) -> None:
         self.scheduler = Scheduler(workflow, limits=limits)
         self.round_trip = round_trip
-        self.state, commands = self.scheduler.start(
-            "run-1", inputs=inputs or {}, system={"user_id": "u"}
-        )
+        setup = RunSetup(inputs=dict(inputs or {}), system={"user_id": "u"})
+        self.state, commands = start_run(self.scheduler, "run-1", setup)
         self.first = commands
         self.log: list[Command] = []
         self.outstanding: dict[str, NodeTask] = {}
-        self.items: dict[str, dict[int, ItemOutcome]] = {}
+        self.items = MemoryItems()
         self.collects: list[CollectItems] = []
         self.max_outstanding = 0
         self._track(commands)
@@ -198,9 +199,7 @@ class Run:
             if isinstance(command, DispatchTask):
                 self.outstanding[command.task.task_id] = command.task
             elif isinstance(command, RecordItem):
-                self.items.setdefault(command.iteration, {})[command.index] = ItemOutcome(
-                    command.index, command.value, command.removed
-                )
+                self.items.record(command)
             elif isinstance(command, CollectItems):
                 self.collects.append(command)
         self.max_outstanding = max(self.max_outstanding, len(self.outstanding))
@@ -222,9 +221,7 @@ class Run:
 
     def answer_collect(self) -> list[Command]:
         command = self.collects.pop(0)
-        got = self.items.pop(command.iteration, {})
-        outcomes = tuple(got[i] for i in sorted(got))
-        return self.send(ItemsCollected(command.iteration, outcomes))
+        return self.send(ItemsCollected(command.iteration, self.items.collect(command.iteration)))
 
     def drain(
         self,
@@ -757,8 +754,8 @@ def test_outputs_ordered_by_index_when_results_come_back_reversed() -> None:
         run.finish(_times_ten(task))
     # the shell may hand back the items in any order: the scheduler orders by index
     (collect,) = run.collects
-    got = run.items.pop(collect.iteration)
-    run.send(ItemsCollected(collect.iteration, tuple(got[i] for i in reversed(sorted(got)))))
+    got = run.items.collect(collect.iteration)
+    run.send(ItemsCollected(collect.iteration, tuple(reversed(got))))
     assert run.finished().outputs == {"out": [i * 10 for i in range(10)]}
 
 

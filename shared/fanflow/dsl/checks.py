@@ -13,7 +13,10 @@ from fanflow.registry import node_type
 from fanflow.workflow import Node
 
 #: the `check_*` functions are named by `fanflow.registry`
-__all__ = ["check_node_fields"]
+__all__ = ["active_data", "check_node_fields"]
+
+#: settings Dify reads only when `enabled`: a disabled one's selectors are not references
+_SWITCHED_SETTINGS = ("context", "vision")
 
 _Problems = list[str]
 _CODE_OUTPUT_TYPES = frozenset(
@@ -29,6 +32,19 @@ def check_node_fields(node: Node) -> list[str]:
     if declared is not None and declared.check is not None:
         declared.check(node.data, problems)
     return problems
+
+
+def active_data(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`data` without the disabled `context` and `vision` settings (Dify ignores them, so a
+    selector left in one that names a deleted node is no reference)."""
+    disabled = [
+        key
+        for key in _SWITCHED_SETTINGS
+        if isinstance(data.get(key), Mapping) and data[key].get("enabled") is False
+    ]
+    if not disabled:
+        return data
+    return {key: value for key, value in data.items() if key not in disabled}
 
 
 def _is_selector(value: Any) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from fanflow.dsl.checks import active_data
 from fanflow.registry import node_type
 from fanflow.variables import Selector, referenced_selectors
 from fanflow.workflow import Node
@@ -18,7 +19,7 @@ from fanflow.workflow import Node
 
 def node_selectors(node: Node) -> list[Selector]:
     """Every selector `node` reads: `referenced_selectors` plus the fields it cannot spot."""
-    found = dict.fromkeys(referenced_selectors(node.data))
+    found = dict.fromkeys(referenced_selectors(active_data(node.data)))
     declared = node_type(node.type)
     if declared is not None and declared.reads is not None:
         for candidate in declared.reads(node.data):
@@ -62,6 +63,15 @@ def list_operator_reads(data: Mapping[str, Any]) -> Iterator[Any]:
 
 def parameter_extractor_reads(data: Mapping[str, Any]) -> Iterator[Any]:
     yield data.get("query")
+
+
+def http_reads(data: Mapping[str, Any]) -> Iterator[Any]:
+    """The file variables of form-data file items and of a binary body."""
+    body = data.get("body")
+    if isinstance(body, Mapping) and isinstance(body.get("data"), list):
+        for item in _mappings(body["data"]):
+            if item.get("type") == "file":
+                yield item.get("file")
 
 
 def _mappings(value: Any) -> Iterable[Mapping[str, Any]]:

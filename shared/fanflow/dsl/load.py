@@ -25,7 +25,9 @@ import yaml
 
 from fanflow.dsl.graph import ERROR_STRATEGIES as ERROR_STRATEGIES
 from fanflow.dsl.graph import build_workflow
+from fanflow.dsl.limits import DslLimits
 from fanflow.dsl.validate import validate_workflow
+from fanflow.dsl.yaml_bounded import load_bounded
 from fanflow.errors import Problem, WorkflowInvalid
 from fanflow.workflow import Workflow
 
@@ -44,16 +46,22 @@ WORKFLOW_MODES = frozenset({"workflow", "advanced-chat"})
 _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
 
 
-def load_workflow(source: str | Path, *, text: str | None = None) -> Workflow:
+def load_workflow(
+    source: str | Path, *, text: str | None = None, limits: DslLimits | None = None
+) -> Workflow:
     """Read, parse and validate a workflow file.
 
     `text`, when given, is the document itself and `source` only names it in messages.
-    Raises `WorkflowInvalid` listing every problem found (parse and validation).
+    Raises `WorkflowInvalid` listing every problem found (parse and validation). YAML is
+    always read within `fanflow.dsl.yaml_bounded`'s bounds (alias bombs, recursive
+    anchors); `limits` bound the file's size and the graph's, checked before building it.
     """
     label = str(source)
     if text is None:
         text = _read(Path(source))
-    workflow, problems = _parse(text, label=label)
+    if limits is not None and (too_large := limits.text_problem(text)) is not None:
+        raise WorkflowInvalid([too_large], source=label)
+    workflow, problems = _parse(text, label=label, limits=limits)
     if workflow is not None:
         problems.extend(validate_workflow(workflow))
     if problems:
@@ -92,9 +100,15 @@ def _read(path: Path) -> str:
 # --- document level -------------------------------------------------------------------------
 
 
-def _parse(text: str, *, label: str | None) -> tuple[Workflow | None, list[Problem]]:
+def _parse(
+    text: str, *, label: str | None, limits: DslLimits | None = None
+) -> tuple[Workflow | None, list[Problem]]:
     try:
-        document = yaml.safe_load(text)
+        document = (
+            load_bounded(text)
+            if limits is None
+            else load_bounded(text, max_nodes=limits.max_values)
+        )
     except yaml.YAMLError as exc:
         return None, [Problem(f"not valid YAML: {exc}")]
     if not isinstance(document, Mapping):
@@ -106,11 +120,15 @@ def _parse(text: str, *, label: str | None) -> tuple[Workflow | None, list[Probl
         if graph is None:
             return None, [Problem("graph document has no 'graph' mapping with nodes and edges")]
         name = Path(label).stem if label else "graph"
+        if limits is not None and (too_large := limits.graph_problems(graph)):
+            return None, too_large
         return build_workflow(
             graph, name=name, mode="workflow", version="0.1.0", kind="graph", wf={}
         )
     if kind is None and "app" not in document and _is_bare_graph(document):
         name = Path(label).stem if label else "graph"
+        if limits is not None and (too_large := limits.graph_problems(document)):
+            return None, too_large
         return build_workflow(
             document, name=name, mode="workflow", version="0.1.0", kind="graph", wf={}
         )
@@ -130,6 +148,8 @@ def _parse(text: str, *, label: str | None) -> tuple[Workflow | None, list[Probl
     graph = wf.get("graph") if isinstance(wf, Mapping) else None
     if not isinstance(wf, Mapping) or not isinstance(graph, Mapping):
         return None, [*problems, Problem("app export has no 'workflow.graph' mapping")]
+    if limits is not None and (too_large := limits.graph_problems(graph)):
+        return None, [*problems, *too_large]
     app_name = app.get("name")
     workflow, more = build_workflow(
         graph,

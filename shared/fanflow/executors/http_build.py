@@ -3,7 +3,8 @@
 `method`; `url`, `headers` and `params` with `{{#node.var#}}` references (headers and
 params are `key:value` lines); `authorization`; `body` (none, raw-text, json,
 x-www-form-urlencoded, form-data text items); `timeout`, capped at Dify's maximums;
-`ssl_verify`. Invalid fields raise `UpstreamFailure` with reason "invalid" (no retry fixes
+`ssl_verify`. A JSON body that is not JSON is repaired (json-repair) as current Dify does;
+a form-data file item whose variable holds no file is left out. Invalid fields raise `UpstreamFailure` with reason "invalid" (no retry fixes
 them); what fanflow does not support yet raises `NodeError` (NotSupportedError).
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import json_repair
 
 from fanflow.errors import NodeError
 from fanflow.messages import NodeTask
@@ -37,6 +39,7 @@ _DEFAULT_CONTENT_TYPES = {
     "raw-text": "text/plain",
 }
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token
+_HEADER_VALUE_BREAK = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110: no CTL but HTAB
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def build_request(task: NodeTask, label: str) -> HttpRequest:
             f"{label}: Invalid http method {data.get('method')!r}", "InvalidHttpMethodError"
         )
     url = _url(render(str(data.get("url") or ""), lookup), _params(data, lookup), label)
-    headers = _headers(render(str(data.get("headers") or ""), lookup), label)
+    headers = _headers(str(data.get("headers") or ""), lookup, label)
     auth_header = _authorize(data.get("authorization"), headers, lookup, label)
     content = _body(data.get("body"), headers, lookup, label)
     return HttpRequest(
@@ -116,13 +119,30 @@ def _params(data: Mapping[str, Any], lookup: Lookup) -> list[tuple[str, str]]:
     ]
 
 
-def _headers(text: str, label: str) -> dict[str, str]:
+def _headers(template: str, lookup: Lookup, label: str) -> dict[str, str]:
+    # split the template first, then render each key and value on its own: a rendered
+    # value holding a line break must not become a header of its own
     headers: dict[str, str] = {}
-    for key, value in _lines(text):
+    for raw_key, raw_value in _lines(template):
+        key, value = render(raw_key, lookup).strip(), render(raw_value, lookup).strip()
+        if not key:
+            continue
         if not _HEADER_NAME.fullmatch(key):
             raise invalid(f"{label}: {key!r} is not a valid header name", "InvalidHeaderError")
+        _check_header_value(key, value, label)
         _set_header(headers, key, value)
     return headers
+
+
+def _check_header_value(name: str, value: str, label: str) -> None:
+    """A header value may not hold a line break or another control character but tab."""
+    bad = _HEADER_VALUE_BREAK.search(value)
+    if bad is not None:
+        raise invalid(
+            f"{label}: header {name!r}: its value contains {bad.group()!r} "
+            "(line breaks and control characters are not allowed in a header)",
+            "InvalidHeaderError",
+        )
 
 
 def _set_header(headers: dict[str, str], name: str, value: str) -> None:
@@ -161,6 +181,12 @@ def _authorize(raw: Any, headers: dict[str, str], lookup: Lookup, label: str) ->
             f"{label}: authorization.config.type must be basic, bearer or custom, got {kind!r}",
             "AuthorizationConfigError",
         )
+    if not _HEADER_NAME.fullmatch(header):
+        raise invalid(
+            f"{label}: authorization header {header!r} is not a valid header name",
+            "AuthorizationConfigError",
+        )
+    _check_header_value(header, value, label)
     _set_header(headers, header, value)
     return header
 
@@ -178,12 +204,7 @@ def _body(raw: Any, headers: dict[str, str], lookup: Lookup, label: str) -> byte
             )
         text = render(str(items[0].get("value") or ""), lookup)
         if kind == "json":
-            try:
-                text = json.dumps(json.loads(text, strict=False), ensure_ascii=False)
-            except json.JSONDecodeError as exc:
-                raise invalid(
-                    f"{label}: Failed to parse JSON ({exc}): {text[:200]}", "RequestBodyError"
-                ) from exc
+            text = _json_body(text, label)
         content = text.encode()
     elif kind == "x-www-form-urlencoded":
         fields = {
@@ -192,6 +213,8 @@ def _body(raw: Any, headers: dict[str, str], lookup: Lookup, label: str) -> byte
         }
         content = urlencode(fields).encode()
     elif kind == "form-data":
+        # a file item whose variable holds no file is left out, and the request sent (Dify)
+        items = [item for item in items if item.get("type") != "file" or _has_file(item, lookup)]
         if any(item.get("type") == "file" for item in items):
             raise unsupported(
                 f"{label}: form-data file items are not supported yet (text items are)"
@@ -210,6 +233,34 @@ def _body(raw: Any, headers: dict[str, str], lookup: Lookup, label: str) -> byte
     if not any(k.lower() == "content-type" for k in headers):
         headers["Content-Type"] = _DEFAULT_CONTENT_TYPES[kind]
     return content
+
+
+def _json_body(text: str, label: str) -> str:
+    """The JSON body, compact; broken JSON (a missing comma, a trailing one, single quotes)
+    is repaired first, as current Dify does; what no repair makes JSON is refused."""
+    try:
+        return json.dumps(json.loads(text, strict=False), ensure_ascii=False)
+    except json.JSONDecodeError as exc:
+        error = exc
+    repaired = json_repair.loads(text)
+    opened = text.lstrip()[:1]
+    kept_shape = {"{": dict, "[": list}.get(opened, object)
+    if (repaired in ("", None) and text.strip() not in ('""', "null")) or not isinstance(
+        repaired, kept_shape
+    ):
+        raise invalid(f"{label}: Failed to parse JSON ({error}): {text[:200]}", "RequestBodyError")
+    return json.dumps(repaired, ensure_ascii=False)
+
+
+def _has_file(item: Mapping[str, Any], lookup: Lookup) -> bool:
+    selector = item.get("file") or item.get("value_selector")
+    if not (isinstance(selector, list) and len(selector) >= 2):
+        return False
+    try:
+        value = lookup([str(part) for part in selector])
+    except KeyError:
+        return False
+    return value not in (None, "", [], {})
 
 
 def _body_items(data: Any) -> list[Mapping[str, Any]]:

@@ -19,7 +19,7 @@ origin.
 
 Departures from Dify: files are not supported yet — form-data file items, binary bodies and
 file responses (Dify turns those into `files`) fail the node with NotSupportedError, and
-`files` is always `[]`; a JSON body must be valid JSON (Dify repairs broken JSON); `params`
+`files` is always `[]` (a form-data file item with no file is left out, as in Dify); `params`
 are added to the URL's own query instead of replacing it.
 
 This module sends; `http_build` builds the request, `http_response` reads the reply.

@@ -28,7 +28,7 @@ _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 async def run_llm_node(task: NodeTask, context: ExecutionContext) -> ExecutionOutcome:
     label = node_label(task)
-    messages = llm_messages(task.data, task.lookup, label=label)
+    messages = llm_messages(task.data, task.lookup, label=label, history=task.history)
     schema = structured_output_schema(task.data, label=label)
     extra: dict[str, Any] = {}
     check = None
@@ -57,6 +57,8 @@ async def run_llm_node(task: NodeTask, context: ExecutionContext) -> ExecutionOu
     }
     if schema is not None:
         outputs["structured_output"] = structured
+    if completion.answered_by is not None:  # fanflow.fallback_models: which model answered
+        outputs["model"] = completion.answered_by.as_output()
     return ExecutionOutcome(outputs=outputs, total_tokens=completion.usage.total_tokens)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fanflow.chat.memory import with_history_section
 from fanflow.context import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.llm.extraction import (
     check_result,
@@ -47,6 +48,7 @@ async def run_parameter_extractor(task: NodeTask, context: ExecutionContext) -> 
     else:
         messages = json_prompt_messages(query, instruction, schema, chat=chat)
 
+    messages = with_history_section(messages, task.history)
     completion, _ = await invoke(task, context, messages, extra=extra)
     reason: str | None = None
     if completion.tool_calls:

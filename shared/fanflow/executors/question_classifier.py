@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from fanflow.chat.memory import with_history_section
 from fanflow.context import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.errors import NodeError
 from fanflow.llm.classification import Category, categories_of, choose, classifier_messages
@@ -32,7 +33,9 @@ async def run_question_classifier(task: NodeTask, context: ExecutionContext) -> 
     )
     instruction = render(str(data.get("instruction") or ""), task.lookup)
     chat = ModelConfig.of(task).mode != "completion"
-    messages = classifier_messages(query, categories, instruction, chat=chat)
+    messages = with_history_section(
+        classifier_messages(query, categories, instruction, chat=chat), task.history
+    )
 
     def check(completion: Completion) -> Category:
         chosen = choose(categories, completion.text)

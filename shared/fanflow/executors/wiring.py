@@ -6,28 +6,48 @@ import os
 
 from fanflow.context import ExecutionContext
 from fanflow.http_pool import DEFAULT_MAX_CONNECTIONS, HttpPool
+from fanflow.llm.cache import MemoryCache, RedisCache
+from fanflow.llm.costs import CostAccounting, MemoryLedger, Prices, RedisLedger
 from fanflow.llm.providers import Providers
 from fanflow.nodes.outputs import CodeLimits
 from fanflow.resilience.upstreams import Upstreams
 from fanflow.sandbox.pool import SandboxPool
 from fanflow.settings import Settings
+from fanflow.tools.catalog import ToolCatalog, activate, catalog_from_settings
 
 
 def context_from_settings(
     settings: Settings, *, http_pool: HttpPool | None = None
 ) -> ExecutionContext:
-    """One context per process: its breakers and rate limits live as long as it does."""
+    """One context per process: its breakers, rate limits and LLM cache live as long as it
+    does (shared by the fleet in Redis when `FANFLOW_REDIS_URL` is set)."""
+    upstreams = Upstreams.from_settings(settings)
+    fleet = upstreams.fleet
     return ExecutionContext(
         code_timeout_s=settings.code_timeout_s,
         code_memory_mb=settings.code_memory_mb,
         code_cpu_s=settings.code_cpu_s,
         code_limits=code_limits_from_settings(settings),
-        upstreams=Upstreams.from_settings(settings),
+        upstreams=upstreams,
+        llm_cache=RedisCache(fleet.redis) if fleet is not None else MemoryCache(),
+        llm_costs=CostAccounting(
+            prices=Prices.load(settings.llm_prices_file) if settings.llm_prices_file else Prices(),
+            ledger=RedisLedger(fleet.redis) if fleet is not None else MemoryLedger(),
+            run_budget=settings.llm_run_budget,
+        ),
         http_pool=http_pool,
         llm_providers=Providers.from_settings(settings),
         allow_private_networks=settings.http_allow_private_networks,
         http_allow_list=tuple(settings.http_allow_list),
+        tools=tools_from_settings(settings),
     )
+
+
+def tools_from_settings(settings: Settings) -> ToolCatalog:
+    """The process's tool providers (`FANFLOW_TOOLS_FILE`), also the ones validation knows."""
+    catalog = catalog_from_settings(settings)
+    activate(catalog)
+    return catalog
 
 
 def http_pool_from_settings(settings: Settings, *, concurrency: int | None = None) -> HttpPool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ import httpx
 
 from fanflow.http_pool import ssl_context, without_cookies
 from fanflow.llm.providers import Endpoint
+from fanflow.resilience.redis_limits import CallKeys, estimate_tokens
 from fanflow.resilience.upstreams import UpstreamFailure, parse_retry_after
 
 T = TypeVar("T")
@@ -36,21 +37,27 @@ class Usage:
     completion_tokens: int = 0
     total_tokens: int = 0
     latency_s: float = 0.0
+    #: the model's price (`fanflow.llm.costs.Price`) when the prices file has one
+    price: Any = None
 
     def as_output(self) -> dict[str, Any]:
-        """The `usage` output in Dify's shape (fanflow knows no prices: they are 0)."""
+        """The `usage` output in Dify's shape (prices 0 for a model the prices file lacks)."""
+        price = self.price
+        prompt_price = price.prompt_cost(self.prompt_tokens) if price else 0.0
+        completion_price = price.completion_cost(self.completion_tokens) if price else 0.0
+        unit = 1 / price.per if price else 0.0
         return {
             "prompt_tokens": self.prompt_tokens,
-            "prompt_unit_price": 0.0,
-            "prompt_price_unit": 0.0,
-            "prompt_price": 0.0,
+            "prompt_unit_price": price.prompt if price else 0.0,
+            "prompt_price_unit": unit,
+            "prompt_price": round(prompt_price, 9),
             "completion_tokens": self.completion_tokens,
-            "completion_unit_price": 0.0,
-            "completion_price_unit": 0.0,
-            "completion_price": 0.0,
+            "completion_unit_price": price.completion if price else 0.0,
+            "completion_price_unit": unit,
+            "completion_price": round(completion_price, 9),
             "total_tokens": self.total_tokens,
-            "total_price": 0.0,
-            "currency": "USD",
+            "total_price": round(prompt_price + completion_price, 9),
+            "currency": price.currency if price else "USD",
             "latency": round(self.latency_s, 3),
             "time_to_first_token": None,
             "time_to_generate": None,
@@ -71,6 +78,8 @@ class Completion:
     finish_reason: str | None = None
     usage: Usage = field(default_factory=Usage)
     tool_calls: tuple[ToolCall, ...] = ()
+    #: which model answered, when the call had fallbacks (`fanflow.llm.failover.ModelAnswer`)
+    answered_by: Any = None
 
 
 def format_failure(message: str) -> UpstreamFailure:
@@ -88,6 +97,8 @@ async def chat(
     upstreams: Any = None,
     check: Callable[[Completion], T] | None = None,
     node_id: str | None = None,
+    keys: CallKeys | None = None,
+    on_billed: Callable[[Completion], Awaitable[Completion]] | None = None,
 ) -> tuple[Completion, T | None]:
     """POST `body` (without `model`: the endpoint's is used) to `{base_url}/chat/completions`.
 
@@ -95,6 +106,9 @@ async def chat(
     client is built for this call. `check` runs on each reply inside the attempt, so a `format` failure it raises counts
     as that attempt's failure; its result is returned beside the completion. `label` (the
     node) leads every error message; `node_id` goes out as the `X-Fanflow-Node-Id` header.
+    `keys` (app, end user) are for the upstreams' per-app and per-user limits; fleet-wide
+    token limits are charged an estimate from `body` and corrected with the reported usage.
+    `on_billed` sees every answer the model billed (retried attempts too) before `check`.
     """
     payload = {"model": endpoint.model, **body}
 
@@ -102,13 +116,20 @@ async def chat(
         completion = await _post(
             client, endpoint, payload, label=label, timeout_s=timeout_s, node_id=node_id
         )
+        if on_billed is not None:
+            completion = await on_billed(completion)
         return completion, (check(completion) if check is not None else None)
 
     async def guarded(client: httpx.AsyncClient) -> tuple[Completion, T | None]:
         if upstreams is None:
             return await attempt(client)
         result: tuple[Completion, T | None] = await upstreams.call(
-            endpoint.upstream, lambda: attempt(client), kind="llm"
+            endpoint.upstream,
+            lambda: attempt(client),
+            kind="llm",
+            tokens=estimate_tokens(body),
+            keys=keys,
+            usage_of=_used_tokens,
         )
         return result
 
@@ -117,6 +138,13 @@ async def chat(
     # no pool (a test, a one-off call): a client for this call, the SSL context shared
     async with without_cookies(httpx.AsyncClient(verify=ssl_context())) as client:
         return await guarded(client)
+
+
+def _used_tokens(result: tuple[Completion, Any]) -> float | None:
+    """The tokens an answer says it used (None when it reports no usage: keep the
+    estimate)."""
+    usage = result[0].usage
+    return float(usage.total_tokens) if usage.total_tokens else None
 
 
 async def _post(

@@ -8,9 +8,12 @@
 - `context` (`enabled`, `variable_selector`): a string as is; an array joined line by line
   (knowledge-retrieval items as their `summary` and `content`).
 - Every `{{#...#}}` a prompt names must exist, as in Dify ("Variable ... not found").
-- Memory: fanflow keeps no conversation history. As on Dify's first turn, a node with
-  `memory` set appends its `query_prompt_template` (else `sys.query`) as a user message.
-  Vision is ignored: files are not sent.
+- Memory (`fanflow.chat.memory`): a node with `memory` gets the conversation's earlier
+  turns (`history`, already cut to its window). Chat models: the turns as user/assistant
+  messages after the node's own messages, then its `query_prompt_template` (else
+  `sys.query`) as a user message. Completion models: the turns as text with
+  `memory.role_prefix` (required, as in Dify) at `#histories#`, else on the lines before
+  the prompt. Vision is ignored: files are not sent.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fanflow.chat.memory import history_messages, history_text
 from fanflow.errors import NodeError
 from fanflow.nodes.template import render_template
 from fanflow.variables import Lookup, iter_references, render, resolve_or_none, selector_key
@@ -26,17 +30,28 @@ ROLES = frozenset({"system", "user", "assistant"})
 CONTEXT_PLACEHOLDER = "{{#context#}}"
 
 
-def llm_messages(data: Mapping[str, Any], lookup: Lookup, *, label: str) -> list[dict[str, str]]:
-    """The chat messages for an `llm` node's `data`."""
+def llm_messages(
+    data: Mapping[str, Any],
+    lookup: Lookup,
+    *,
+    label: str,
+    history: Sequence[Mapping[str, str]] = (),
+) -> list[dict[str, str]]:
+    """The chat messages for an `llm` node's `data`; `history`: its window of earlier
+    turns (`{query, answer}`, oldest first) when it has memory."""
     template = data.get("prompt_template")
     context = context_text(data.get("context"), lookup, label=label)
     jinja_values = _jinja2_values(data.get("prompt_config"), lookup, label=label)
     messages: list[dict[str, str]] = []
     if isinstance(template, Mapping):  # completion model: one prompt
         text = _render_message(template, lookup, context, jinja_values, label=label)
-        # Dify splices (empty) history into completion prompts: at `#histories#`, else
-        # before the prompt on a line of its own
-        text = text.replace("#histories#", "") if "#histories#" in text else "\n" + text
+        # Dify splices the history into completion prompts: at `#histories#`, else before
+        # the prompt on a line of its own (an empty line without memory)
+        histories = _histories_text(data.get("memory"), history, label=label)
+        if "#histories#" in text:
+            text = text.replace("#histories#", histories)
+        else:
+            text = histories + "\n" + text
         messages.append({"role": "user", "content": text})
     elif isinstance(template, list):
         for index, item in enumerate(template):
@@ -52,6 +67,8 @@ def llm_messages(data: Mapping[str, Any], lookup: Lookup, *, label: str) -> list
             text = _render_message(item, lookup, context, jinja_values, label=label)
             if text:
                 messages.append({"role": role, "content": text})
+        if isinstance(data.get("memory"), Mapping):
+            messages.extend(history_messages(history))
         query = _memory_query(data.get("memory"), lookup)
         if query:
             messages.append({"role": "user", "content": render(query, lookup)})
@@ -159,3 +176,20 @@ def _memory_query(memory: Any, lookup: Lookup) -> str | None:
         return template
     query = resolve_or_none(lookup, ["sys", "query"])
     return query if isinstance(query, str) and query else None
+
+
+def _histories_text(memory: Any, history: Sequence[Mapping[str, str]], *, label: str) -> str:
+    if not isinstance(memory, Mapping) or not history:
+        return ""
+    prefix = memory.get("role_prefix")
+    if not isinstance(prefix, Mapping):
+        raise NodeError(
+            f"{label}: memory.role_prefix (user, assistant) is required for a completion "
+            "model's memory",
+            error_type="MemoryRolePrefixRequiredError",
+        )
+    return history_text(
+        history,
+        human_prefix=str(prefix.get("user") or ""),
+        assistant_prefix=str(prefix.get("assistant") or ""),
+    )

@@ -10,6 +10,10 @@ per model::
     models:
       "openai:gpt-4o": {model: gpt-4o-2024-08-06}
       "ollama:llama3.1:latest": {base_url: http://gpu-box:11434/v1}
+      "openai:gpt-4o": {fallback_models: ["azure:gpt-4o", "openai:gpt-4o-mini"]}
+
+A model's `fallback_models` (`provider:model`, or `{provider, name}`) are where its calls
+move when it fails (`fanflow.llm.failover`), after the node's own `fanflow.fallback_models`.
 
 An API key is only ever sent to the base URL it was configured with: a model entry's key
 wins, then its provider's, and the default key applies only when the base URL is the default
@@ -64,6 +68,8 @@ class _Entry:
     base_url: str | None = None
     api_key: str | None = None
     model: str | None = None
+    #: (provider, model) to fail over to, in order
+    fallbacks: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,11 @@ class Providers:
         if not base_url:
             raise ProviderNotConfigured(self._missing(name, model))
         return Endpoint(name, alias, base_url.rstrip("/"), api_key or None)
+
+    def fallbacks(self, provider: str, model: str) -> tuple[tuple[str, str], ...]:
+        """The providers file's fallbacks of a node's `model.provider` and `model.name`."""
+        entry = self.models.get(f"{provider_name(provider)}:{model}")
+        return entry.fallbacks if entry is not None else ()
 
     def _missing(self, name: str, model: str) -> str:
         where = f"the providers file {self.source}" if self.source else "a providers file"
@@ -223,9 +234,10 @@ def _parse(
 def _entry(value: Any, where: str, env: Mapping[str, str]) -> _Entry:
     if not isinstance(value, Mapping):
         raise ProvidersInvalid(f"{where}: expected a mapping {{base_url, api_key, model}}")
-    unknown = set(value) - {"base_url", "api_key", "api_key_env", "model"}
+    unknown = set(value) - {"base_url", "api_key", "api_key_env", "model", "fallback_models"}
     if unknown:
         raise ProvidersInvalid(f"{where}: unknown key(s) {sorted(unknown)}")
+    fallbacks = _fallbacks(value.get("fallback_models"), f"{where}.fallback_models")
     for key in ("base_url", "api_key", "api_key_env", "model"):
         if value.get(key) is not None and not isinstance(value[key], str):
             raise ProvidersInvalid(f"{where}.{key}: expected text, got {value[key]!r}")
@@ -236,4 +248,25 @@ def _entry(value: Any, where: str, env: Mapping[str, str]) -> _Entry:
             raise ProvidersInvalid(
                 f"{where}.api_key_env: environment variable {value['api_key_env']} is not set"
             )
-    return _Entry(value.get("base_url") or None, api_key or None, value.get("model") or None)
+    return _Entry(
+        value.get("base_url") or None, api_key or None, value.get("model") or None, fallbacks
+    )
+
+
+def _fallbacks(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ProvidersInvalid(f"{where}: expected a list of `provider:model` names")
+    found = []
+    for index, entry in enumerate(value):
+        if isinstance(entry, str) and ":" in entry.strip(":"):
+            provider, model = entry.split(":", 1)
+            found.append((provider, model))
+        elif isinstance(entry, Mapping) and entry.get("provider") and entry.get("name"):
+            found.append((str(entry["provider"]), str(entry["name"])))
+        else:
+            raise ProvidersInvalid(
+                f"{where}[{index}]: expected `provider:model` or {{provider, name}}, got {entry!r}"
+            )
+    return tuple(found)

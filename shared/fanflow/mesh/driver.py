@@ -13,22 +13,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fanflow.chat.turns import turn_end
 from fanflow.dsl.load import load_workflow
+from fanflow.kernel import settle_items, start_run
 from fanflow.mesh.topology import HEADER_READY_AT, Topology
 from fanflow.metrics import NODE_RETRIES, RUN_DURATION, RUNS_FINISHED, RUNS_STARTED
 from fanflow.registry import TASK_NODE_TYPES
 from fanflow.runtime import RunRequest, prepare_run
 from fanflow.scheduler import (
     CancelTasks,
-    CollectItems,
     Command,
     DispatchTask,
     Emit,
     Event,
-    ItemOutcome,
-    ItemsCollected,
     Limits,
-    RecordItem,
     RunFinished,
     RunState,
     Scheduler,
@@ -96,6 +94,9 @@ class WorkflowCache:
     def __init__(self) -> None:
         self._by_app: dict[str, Workflow] = {}
 
+    def __contains__(self, app_id: object) -> bool:
+        return app_id in self._by_app
+
     def get(self, app: AppRecord) -> Workflow:
         workflow = self._by_app.get(app.id)
         if workflow is None:
@@ -113,25 +114,27 @@ class RunDriver:
         self.limits = limits
         self.workflows = WorkflowCache()
 
-    async def start_run(self, app: AppRecord, run_id: str, request: RunRequest) -> Committed:
-        """Create the run and its first fan-out. Raises `InputsInvalid` before writing."""
+    async def start_run(
+        self, app: AppRecord, run_id: str, request: RunRequest, *, max_running: int | None = None
+    ) -> Committed:
+        """Create the run and its first fan-out. Raises `InputsInvalid` before writing, and
+        `AppBusy` when the app has `max_running` runs in progress (checked atomically)."""
         workflow = self.workflows.get(app)
         now = time.time()
         setup = prepare_run(workflow, _with_ids(request, app), run_id=run_id, now_s=now)
         scheduler = Scheduler(workflow, limits=self.limits)
-        state, commands = scheduler.start(
-            run_id,
-            inputs=setup.inputs,
-            system=setup.system,
-            environment=setup.environment,
-            conversation=setup.conversation,
-            conversation_types=setup.conversation_types,
-        )
-        RUNS_STARTED.labels(workflow.mode).inc()
+        state, commands = start_run(scheduler, run_id, setup)
         async with self.store.creating_run(
-            run_id, app.id, inputs=setup.inputs, state=dump_state(state), user=request.user
+            run_id,
+            app.id,
+            inputs=setup.inputs,
+            state=dump_state(state),
+            user=request.user,
+            max_running=max_running,
         ) as tx:
-            return await self._finish_step(tx, scheduler, state, commands, created_at=now)
+            committed = await self._finish_step(tx, scheduler, state, commands, created_at=now)
+        RUNS_STARTED.labels(workflow.mode).inc()
+        return committed
 
     async def apply(self, app: AppRecord, run_id: str, envelopes: Sequence[Envelope]) -> Committed:
         """Apply events to a run in one transaction; returns what to publish after it."""
@@ -150,32 +153,10 @@ class RunDriver:
                 applied += 1
                 # the state was just decoded for this transaction: advance it in place
                 more = scheduler.advance(state, envelope.event)
-                state, more = await self._resolve_collections(tx, scheduler, state, more)
-                commands.extend(more)
+                commands.extend(await settle_items(scheduler, state, more, tx))
             if not applied:
                 return Committed()
             return await self._finish_step(tx, scheduler, state, commands)
-
-    async def _resolve_collections(
-        self, tx: RunTransaction, scheduler: Scheduler, state: RunState, commands: list[Command]
-    ) -> tuple[RunState, list[Command]]:
-        """Record items and answer every `CollectItems` from the store, in this transaction."""
-        done: list[Command] = []
-        queue = list(commands)
-        while queue:
-            command = queue.pop(0)
-            if isinstance(command, RecordItem):
-                await tx.record_item(
-                    command.iteration, command.index, command.value, command.removed
-                )
-            elif isinstance(command, CollectItems):
-                stored = await tx.collect_items(command.iteration)
-                outcomes = tuple(ItemOutcome(i.index, i.value, i.removed) for i in stored)
-                more = scheduler.advance(state, ItemsCollected(command.iteration, outcomes))
-                queue[0:0] = more
-            else:
-                done.append(command)
-        return state, done
 
     async def _finish_step(
         self,
@@ -186,7 +167,7 @@ class RunDriver:
         *,
         created_at: float | None = None,
     ) -> Committed:
-        state, commands = await self._resolve_collections(tx, scheduler, state, commands)
+        commands = await settle_items(scheduler, state, commands, tx)
         now = time.time()
         # in command order; `durable` marks the ones that go through the outbox
         messages: list[OutboxMessage] = []
@@ -238,6 +219,8 @@ class RunDriver:
             finished_at=now if finished else None,
             elapsed_time=(now - started) if finished else None,
         )
+        if finished is not None and scheduler.workflow.mode == "advanced-chat":
+            await tx.finish_turn(turn_end(state, elapsed_time=now - started))
         if finished is not None:
             await tx.forget_scratch()
             RUNS_FINISHED.labels(finished.status).inc()

@@ -7,9 +7,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from fanflow.mesh.amqp import EVENT_BATCH, AmqpBroker, BrokerError, Publish, Unroutable, batch_body
 from fanflow.mesh.driver import KIND_CONTROL, KIND_EVENT, KIND_TASK, Committed
 from fanflow.mesh.topology import Topology
+from fanflow.mesh.transport import (
+    EVENT_BATCH,
+    Broker,
+    BrokerError,
+    Publish,
+    Unroutable,
+    batch_body,
+)
 from fanflow.metrics import OUTBOX_PARKED, OUTBOX_PUBLISHED
 from fanflow.store import OutboxMessage, Store
 
@@ -36,7 +43,7 @@ class OutboxRelay:
     def __init__(
         self,
         store: Store,
-        broker: AmqpBroker,
+        broker: Broker,
         *,
         batch: int = 500,
         on_unroutable: ParkHandler | None = None,

@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from fanflow.errors import DecodeError, FanflowError
 from fanflow.mesh.topology import Topology
@@ -329,3 +329,34 @@ class Publisher:
             persistent=False,
             mandatory=False,
         )
+
+
+class Broker(Protocol):
+    """What the mesh's components (`fanflow.mesh.worker`, `fanflow.mesh.aggregator`) use of a
+    broker: `AmqpBroker` and `MemoryBroker` both are one."""
+
+    topology: Topology
+
+    async def declare(self) -> None: ...
+
+    async def publish_many(self, publications: Sequence[Publish]) -> list[Exception | None]: ...
+
+    async def publish_result(self, result: TaskResult) -> None: ...
+
+    async def consume(self, queue_name: str, handler: Handler, *, prefetch: int) -> object: ...
+
+    async def consume_batches(
+        self,
+        queue_name: str,
+        handler: BatchHandler,
+        *,
+        batch_size: int,
+        max_wait_s: float,
+        prefetch: int | None = None,
+    ) -> object: ...
+
+    async def subscribe_control(self) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def health(self) -> str | None: ...
+
+    async def drain(self, *, timeout_s: float | None = 30.0) -> None: ...

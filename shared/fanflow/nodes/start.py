@@ -125,7 +125,8 @@ def _checkbox(variable: Mapping[str, Any], name: str, value: Any) -> Any:
 
 
 def _json_object(variable: Mapping[str, Any], name: str, value: Any) -> Any:
-    if value and not isinstance(value, Mapping):
+    # "" is what a form sends for an unfilled field; anything else must be an object
+    if value != "" and not isinstance(value, Mapping):
         raise InputsInvalid(
             f"{name} in input form must be a dict (a JSON object), got {type(value).__name__}",
             variable=name,

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half_open"
+#: the value of `fanflow_circuit_breaker_state` for each state
+STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
 Clock = Callable[[], float]
 
@@ -140,6 +142,10 @@ class CircuitBreaker:
             and self._probes_in_flight.pop(permit.probe_id, None) is not None
         ):
             self._probes_admitted -= 1
+
+    def reset(self) -> None:
+        """Back to closed with an empty window (the fleet's shared breaker took over)."""
+        self._transition(CLOSED, self._clock())
 
     def _advance(self, now: float) -> None:
         if self._state == OPEN and now >= self._opened_at + self.config.open_wait_s:

@@ -6,8 +6,11 @@ rate (never below `min_rps`), each success adds back `recovery_rps`, up to the c
 rate. An upstream without an `rps` has no bucket and nothing to adapt: there a 429 is only
 retried after its Retry-After.
 
-Limits are per process: with N workers an upstream sees up to N times these numbers
-(shared limits across workers are later work, in Redis).
+These limits are per process: with N workers an upstream sees up to N times these numbers.
+With `FANFLOW_REDIS_URL` set, the same entries are held fleet-wide instead
+(`fanflow.resilience.redis_limits`), which also knows requests per minute, tokens per
+minute and keyed limits (`per_app`, `per_user`); this module stays the fallback while
+Redis is unreachable (there, `rpm` lowers the rate to `rpm / 60` and `tpm` is not held).
 """
 
 from __future__ import annotations
@@ -40,27 +43,61 @@ class UpstreamLimits:
     min_rps: float | None = None
     #: rate regained per successful call after a 429; None: rps / 10
     recovery_rps: float | None = None
+    #: fleet-wide only (Redis): calls a minute, spread evenly (`rpm_burst` at once)
+    rpm: float | None = None
+    rpm_burst: int = 1
+    #: fleet-wide only (Redis): tokens a minute, estimated from the prompt before the call
+    #: and corrected with the usage the answer reports; `tpm_burst` tokens may go at once
+    #: (None: a tenth of a minute's worth)
+    tpm: float | None = None
+    tpm_burst: float | None = None
+    #: fleet-wide only (Redis): the same kinds of limit for each app, and for each end user
+    #: of an app, on this upstream
+    per_app: UpstreamLimits | None = None
+    per_user: UpstreamLimits | None = None
 
     def __post_init__(self) -> None:
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1 (or unset for no limit)")
-        if self.rps is not None and self.rps <= 0:
-            raise ValueError("rps must be > 0 (or unset for no limit)")
-        if self.burst < 1:
-            raise ValueError("burst must be >= 1")
+        for name in ("rps", "rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 (or unset for no limit)")
+        if self.burst < 1 or self.rpm_burst < 1:
+            raise ValueError("burst and rpm_burst must be >= 1")
+        if self.tpm_burst is not None and self.tpm_burst <= 0:
+            raise ValueError("tpm_burst must be > 0")
+
+    @property
+    def local_rps(self) -> float | None:
+        """The rate one process holds itself to without Redis: the lower of `rps` and
+        `rpm / 60`."""
+        rates = [r for r in (self.rps, self.rpm / 60 if self.rpm else None) if r]
+        return min(rates) if rates else None
+
+    @property
+    def fleet_wide(self) -> bool:
+        """Anything for the fleet-wide limiter to hold."""
+        return bool(
+            self.max_concurrency
+            or self.rps
+            or self.rpm
+            or self.tpm
+            or self.per_app is not None
+            or self.per_user is not None
+        )
 
 
 class TokenBucket:
     """GCRA: each call reserves the next free slot and learns how long to wait for it."""
 
     def __init__(self, limits: UpstreamLimits, *, clock: Clock = time.monotonic) -> None:
-        assert limits.rps is not None
-        self.max_rps = limits.rps
-        self.rps = limits.rps
-        self.min_rps = limits.min_rps if limits.min_rps is not None else limits.rps / 16
-        self.recovery_rps = (
-            limits.recovery_rps if limits.recovery_rps is not None else limits.rps / 10
-        )
+        rps = limits.local_rps
+        assert rps is not None
+        self.max_rps = rps
+        self.rps = rps
+        self.min_rps = limits.min_rps if limits.min_rps is not None else rps / 16
+        self.recovery_rps = limits.recovery_rps if limits.recovery_rps is not None else rps / 10
         self.burst = limits.burst
         self._clock = clock
         self._next_free = clock()  # GCRA's theoretical arrival time
@@ -91,7 +128,7 @@ class Limiter:
         self._clock = clock
         self._sleep = sleep
         self._slots = asyncio.Semaphore(limits.max_concurrency) if limits.max_concurrency else None
-        self.bucket = TokenBucket(limits, clock=clock) if limits.rps else None
+        self.bucket = TokenBucket(limits, clock=clock) if limits.local_rps else None
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[float]:
@@ -131,22 +168,32 @@ def limits_for(
 
 
 def load_limits(path: Path) -> dict[str, UpstreamLimits]:
-    """Read `{upstream or pattern: {max_concurrency, rps, burst, ...}}` from YAML or JSON."""
+    """Read `{upstream or pattern: {max_concurrency, rps, burst, rpm, tpm, per_app: {...},
+    per_user: {...}, ...}}` from YAML or JSON."""
     text = path.read_text()
     raw: Any = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
         raise ValueError(f"{path}: expected a mapping of upstream name to limits")
-    known = {f.name for f in fields(UpstreamLimits)}
-    found: dict[str, UpstreamLimits] = {}
-    for name, entry in raw.items():
-        if not isinstance(entry, Mapping) or set(entry) - known:
-            raise ValueError(
-                f"{path}: limits of {name!r} must be a mapping with keys among {sorted(known)}"
-            )
-        try:
-            found[str(name)] = UpstreamLimits(**entry)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: limits of {name!r}: {exc}") from exc
-    return found
+    return {
+        str(name): _parse_limits(entry, f"{path}: limits of {name!r}")
+        for name, entry in raw.items()
+    }
+
+
+_KEYED = ("per_app", "per_user")
+
+
+def _parse_limits(entry: Any, where: str, *, nested: bool = False) -> UpstreamLimits:
+    known = {f.name for f in fields(UpstreamLimits)} - (set(_KEYED) if nested else set())
+    if not isinstance(entry, Mapping) or set(entry) - known:
+        raise ValueError(f"{where} must be a mapping with keys among {sorted(known)}")
+    values = dict(entry)
+    for key in _KEYED:
+        if key in values and values[key] is not None:
+            values[key] = _parse_limits(values[key], f"{where}.{key}", nested=True)
+    try:
+        return UpstreamLimits(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from exc

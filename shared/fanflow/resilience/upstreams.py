@@ -13,35 +13,47 @@ Per upstream, one call:
    (`retryable=True`, `retry_after_s`), which re-queues the task when the node's retry
    config allows it.
 
-State is per process (see `fanflow.resilience.ratelimit`).
+Limits are per process (`fanflow.resilience.ratelimit`) unless a `FleetLimiter` is given
+(`FANFLOW_REDIS_URL`): then they are held fleet-wide in Redis
+(`fanflow.resilience.redis_limits`), with the per-process ones as the fallback for calls
+made while Redis does not answer. A call whose fleet-wide budget has no room within
+`max_in_worker_wait_s` fails with `reason="status_429"` and `retry_after_s`: the
+scheduler's retry later, as for an upstream's own long Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from fanflow.errors import NodeError
 from fanflow.metrics import (
     CIRCUIT_BREAKER_STATE,
+    FLOW_CONTROL_DEFERRED,
     RATE_LIMIT_WAIT,
     UPSTREAM_CALL_DURATION,
     UPSTREAM_CALLS,
     UPSTREAM_RETRIES,
 )
-from fanflow.resilience.breaker import CLOSED, HALF_OPEN, OPEN, BreakerConfig, CircuitBreaker
+from fanflow.resilience.breaker import CLOSED, OPEN, STATE_VALUES, BreakerConfig, CircuitBreaker
+from fanflow.resilience.failures import RetryPolicy, UpstreamFailure, parse_retry_after, wait_s
+from fanflow.resilience.fleet import fleet_from_settings
 from fanflow.resilience.ratelimit import Limiter, UpstreamLimits, limits_for, load_limits
+from fanflow.resilience.redis_breaker import Decision, SharedBreakers
+from fanflow.resilience.redis_client import LOCAL, FleetUnavailable, set_mode
+from fanflow.resilience.redis_limits import BudgetDeferred, CallKeys, FleetLimiter, Lease
 
 if TYPE_CHECKING:
+    from prometheus_client import Gauge
+
     from fanflow.settings import Settings
+
+__all__ = ["RetryPolicy", "UpstreamFailure", "Upstreams", "parse_retry_after"]
 
 T = TypeVar("T")
 
@@ -49,68 +61,20 @@ T = TypeVar("T")
 #: what counts against a breaker; a 429 does not (the upstream works, it asks us to slow
 #: down, which the rate limiter does), nor does a 4xx or a malformed answer
 BREAKER_FAILURES = frozenset({"timeout", "connect", "status_5xx"})
-_STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 #: distinct upstream label values per process; later names share the label "other"
 MAX_UPSTREAM_LABELS = 200
 #: upstreams whose state is kept; the least recently used idle ones are forgotten
 MAX_UPSTREAMS = 1000
 
 
-class UpstreamFailure(NodeError):
-    """A classified failure of one external call.
+@dataclass(frozen=True)
+class _Budget(Generic[T]):
+    """What fleet-wide limits need to know of one call."""
 
-    `reason`: timeout | connect | status_5xx | status_429 | status_4xx | format |
-    breaker_open | ssrf | invalid. `retryable`: worth another attempt of the node;
-    `retry_after_s`: how long the upstream asked to wait first.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        reason: str,
-        retryable: bool,
-        retry_after_s: float | None = None,
-        status_code: int | None = None,
-        error_type: str = "UpstreamError",
-    ) -> None:
-        super().__init__(message, error_type=error_type)
-        self.reason = reason
-        self.retryable = retryable
-        self.retry_after_s = retry_after_s
-        self.status_code = status_code
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    """Short, in-worker retries; longer waits go back to the scheduler."""
-
-    max_attempts: int = 3
-    initial_backoff_s: float = 0.2
-    max_backoff_s: float = 2.0
-    multiplier: float = 2.0
-    jitter: bool = True
-    retry_on: frozenset[str] = frozenset(
-        {"timeout", "connect", "status_5xx", "status_429", "format"}
-    )
-    #: a longer wait (e.g. Retry-After: 30) is not slept: the failure is raised with
-    #: `retry_after_s` for the scheduler instead
-    max_in_worker_wait_s: float = 5.0
-
-    def backoff_s(self, retry_number: int) -> float:
-        """The wait before retry number `retry_number` (1-based), jittered in [½, 1]."""
-        wait = min(
-            self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (retry_number - 1)
-        )
-        return random.uniform(wait / 2, wait) if self.jitter else wait
-
-    def retries(self, failure: BaseException) -> bool:
-        return (
-            isinstance(failure, UpstreamFailure)
-            and failure.retryable
-            and failure.reason in self.retry_on
-            and (failure.retry_after_s or 0.0) <= self.max_in_worker_wait_s
-        )
+    tokens: float
+    keys: CallKeys | None
+    usage_of: Callable[[T], float | None] | None
+    max_wait_s: float
 
 
 @dataclass
@@ -118,6 +82,7 @@ class _Upstream:
     breaker: CircuitBreaker
     limiter: Limiter
     label: str
+    gauge: Gauge
     in_flight: int = 0
 
 
@@ -133,8 +98,16 @@ class Upstreams:
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        fleet: FleetLimiter | None = None,
+        shared_breakers: SharedBreakers | None = None,
     ) -> None:
         self.breaker_config = breaker or BreakerConfig()
+        #: fleet-wide limits (Redis); None: per process only
+        self.fleet = fleet
+        #: breakers shared by the fleet (Redis); None: per process only
+        self.shared_breakers = shared_breakers
+        if fleet is None and shared_breakers is None:
+            set_mode(LOCAL)
         self.limits = dict(limits or {})
         self.default_limits = default_limits or UpstreamLimits()
         self.retry = retry or RetryPolicy()
@@ -160,7 +133,14 @@ class Upstreams:
         default = UpstreamLimits(
             max_concurrency=settings.upstream_max_concurrency, rps=settings.upstream_rps
         )
-        return cls(breaker=breaker, limits=limits, default_limits=default)
+        fleet, shared = fleet_from_settings(settings, breaker)
+        return cls(
+            breaker=breaker,
+            limits=limits,
+            default_limits=default,
+            fleet=fleet,
+            shared_breakers=shared,
+        )
 
     async def call(
         self,
@@ -169,9 +149,16 @@ class Upstreams:
         *,
         kind: str,
         retry: RetryPolicy | None = None,
+        tokens: float = 0.0,
+        keys: CallKeys | None = None,
+        usage_of: Callable[[T], float | None] | None = None,
     ) -> T:
         """Run `attempt` against `upstream` under its breaker and limits, retrying per
-        `retry` (default: this object's policy). Raises the last `UpstreamFailure`."""
+        `retry` (default: this object's policy). Raises the last `UpstreamFailure`.
+
+        Fleet-wide only: `tokens` is the estimate a tokens-per-minute limit charges before
+        the call, `usage_of(result)` the tokens the answer reports (the correction);
+        `keys` names the app and end user for `per_app` / `per_user` limits."""
         policy = retry or self.retry
         entry = self._entry(upstream)
 
@@ -183,17 +170,31 @@ class Upstreams:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(max(1, policy.max_attempts)),
             retry=retry_if_exception(policy.retries),
-            wait=lambda state: _wait_s(state, policy),
+            wait=lambda state: wait_s(state, policy),
             sleep=self._sleep,
             before_sleep=count_retry,
             reraise=True,
         )
         entry.in_flight += 1
         try:
-            result: T = await retrying(self._attempt_once, upstream, entry, attempt, kind)
+            result: T = await retrying(
+                self._attempt_once,
+                upstream,
+                entry,
+                attempt,
+                kind,
+                _Budget(tokens, keys, usage_of, policy.max_in_worker_wait_s),
+            )
             return result
         finally:
             entry.in_flight -= 1
+
+    async def aclose(self) -> None:
+        """Close the Redis client of fleet-wide state, if any."""
+        if self.fleet is not None:
+            await self.fleet.redis.aclose()
+        if self.shared_breakers is not None:
+            await self.shared_breakers.redis.aclose()
 
     def current_rps(self, upstream: str) -> float | None:
         """The rate `upstream` is held to now (lowered after a 429), None when unlimited."""
@@ -209,44 +210,147 @@ class Upstreams:
         return entry.breaker.state if entry is not None else CLOSED
 
     async def _attempt_once(
-        self, upstream: str, entry: _Upstream, attempt: Callable[[], Awaitable[T]], kind: str
+        self,
+        upstream: str,
+        entry: _Upstream,
+        attempt: Callable[[], Awaitable[T]],
+        kind: str,
+        budget: _Budget[T],
     ) -> T:
         if entry.breaker.state == OPEN:  # fail fast, before waiting for a slot
             raise self._refused(upstream, entry, kind)
-        async with entry.limiter.slot() as waited_s:
-            RATE_LIMIT_WAIT.labels(entry.label, kind).observe(waited_s)
-            permit = entry.breaker.acquire()
-            if permit is None:
-                raise self._refused(upstream, entry, kind)
+        decision = await self._fleet_breaker(upstream, entry, kind)
+        limits = entry.limiter.limits
+        if self.fleet is not None and limits.fleet_wide and self.fleet.redis.available:
             started = self._clock()
             try:
-                result = await attempt()
-            except UpstreamFailure as failure:
-                duration = self._clock() - started
-                entry.breaker.record(
-                    permit, failure=failure.reason in BREAKER_FAILURES, duration_s=duration
+                lease = await self.fleet.acquire(
+                    upstream,
+                    limits,
+                    keys=budget.keys,
+                    tokens=budget.tokens,
+                    max_wait_s=budget.max_wait_s,
                 )
-                if failure.reason == "status_429":
-                    entry.limiter.throttled()
-                self._observe(entry, kind, failure.reason, duration)
-                raise
-            except Exception:
-                entry.breaker.release(permit)
-                self._observe(entry, kind, "error", self._clock() - started)
-                raise
-            except BaseException:  # cancelled: says nothing about the upstream
-                entry.breaker.release(permit)
-                raise
-            duration = self._clock() - started
-            entry.breaker.record(permit, failure=False, duration_s=duration)
-            entry.limiter.succeeded()
-            self._observe(entry, kind, "success", duration)
-            return result
+            except BudgetDeferred as deferred:
+                await self._release_probe(upstream, decision)  # it never went
+                raise self._deferred(upstream, entry, kind, deferred, budget.max_wait_s) from None
+            except FleetUnavailable:
+                pass  # this call under the per-process limits (the mode is logged)
+            else:
+                RATE_LIMIT_WAIT.labels(entry.label, kind).observe(self._clock() - started)
+                return await self._leased(upstream, entry, attempt, kind, budget, lease, decision)
+        async with entry.limiter.slot() as waited_s:
+            RATE_LIMIT_WAIT.labels(entry.label, kind).observe(waited_s)
+            return await self._guarded(upstream, entry, attempt, kind, decision)
 
-    def _refused(self, upstream: str, entry: _Upstream, kind: str) -> UpstreamFailure:
+    async def _leased(
+        self,
+        upstream: str,
+        entry: _Upstream,
+        attempt: Callable[[], Awaitable[T]],
+        kind: str,
+        budget: _Budget[T],
+        lease: Lease,
+        decision: Decision | None,
+    ) -> T:
+        assert self.fleet is not None
+        used: float | None = None
+        try:
+            result = await self._guarded(upstream, entry, attempt, kind, decision)
+            reported = budget.usage_of(result) if budget.usage_of is not None else None
+            used = reported if reported is not None else budget.tokens  # no usage: the estimate
+            return result
+        finally:
+            await asyncio.shield(self.fleet.release(lease, used_tokens=used))
+
+    async def _fleet_breaker(self, upstream: str, entry: _Upstream, kind: str) -> Decision | None:
+        """The fleet's breaker for this call (None: none shared, or Redis not answering:
+        the process's own breaker decides alone)."""
+        if self.shared_breakers is None:
+            return None
+        decision = await self.shared_breakers.admit(upstream, entry.gauge)
+        if decision is not None and decision.refused:
+            raise self._refused(upstream, entry, kind, fleet=decision)
+        return decision
+
+    async def _tell_fleet(
+        self, upstream: str, entry: _Upstream, decision: Decision | None, *, failure: bool, was: str
+    ) -> None:
+        if self.shared_breakers is not None and decision is not None:
+            await self.shared_breakers.report(
+                upstream, entry.breaker, entry.gauge, decision, failure=failure, was=was
+            )
+
+    async def _release_probe(self, upstream: str, decision: Decision | None) -> None:
+        if self.shared_breakers is not None and decision is not None:
+            await self.shared_breakers.release_probe(upstream, decision)
+
+    async def _guarded(
+        self,
+        upstream: str,
+        entry: _Upstream,
+        attempt: Callable[[], Awaitable[T]],
+        kind: str,
+        decision: Decision | None = None,
+    ) -> T:
+        """One attempt under the breaker, its outcome recorded (and told to the fleet)."""
+        permit = entry.breaker.acquire()
+        if permit is None:
+            raise self._refused(upstream, entry, kind)
+        was = entry.breaker.state
+        started = self._clock()
+        try:
+            result = await attempt()
+        except UpstreamFailure as failure:
+            duration = self._clock() - started
+            counts = failure.reason in BREAKER_FAILURES
+            entry.breaker.record(permit, failure=counts, duration_s=duration)
+            if failure.reason == "status_429":
+                entry.limiter.throttled()
+            self._observe(entry, kind, failure.reason, duration)
+            # a probe answered with a 429 or 4xx found the upstream working: that counts as
+            # a successful probe, as it would not count against the breaker
+            await self._tell_fleet(upstream, entry, decision, failure=counts, was=was)
+            raise
+        except Exception:
+            entry.breaker.release(permit)
+            self._observe(entry, kind, "error", self._clock() - started)
+            await self._release_probe(upstream, decision)
+            raise
+        except BaseException:  # cancelled: says nothing about the upstream
+            entry.breaker.release(permit)
+            await asyncio.shield(self._release_probe(upstream, decision))
+            raise
+        duration = self._clock() - started
+        entry.breaker.record(permit, failure=False, duration_s=duration)
+        entry.limiter.succeeded()
+        self._observe(entry, kind, "success", duration)
+        await self._tell_fleet(upstream, entry, decision, failure=False, was=was)
+        return result
+
+    def _deferred(
+        self,
+        upstream: str,
+        entry: _Upstream,
+        kind: str,
+        deferred: BudgetDeferred,
+        max_wait_s: float,
+    ) -> UpstreamFailure:
+        FLOW_CONTROL_DEFERRED.labels(entry.label, kind, deferred.kind).inc()
+        UPSTREAM_CALLS.labels(entry.label, kind, "deferred").inc()
+        return deferred.failure(upstream, max_wait_s)
+
+    def _refused(
+        self, upstream: str, entry: _Upstream, kind: str, *, fleet: Decision | None = None
+    ) -> UpstreamFailure:
         UPSTREAM_CALLS.labels(entry.label, kind, "breaker_open").inc()
-        remaining = entry.breaker.open_remaining_s()
+        if fleet is not None:
+            remaining = fleet.remaining_s if fleet.state == OPEN else 0.0
+        else:
+            remaining = entry.breaker.open_remaining_s()
         when = f"for {remaining:.0f} s more" if remaining else "while its probe calls run"
+        if fleet is not None:
+            when += " (shared by the fleet)"
         # retryable once the breaker has waited: a node with retries comes back after the
         # open period (the scheduler delays it, nobody sleeps); a node without retries goes
         # straight to its error strategy, e.g. a fail-branch to a second model
@@ -269,12 +373,12 @@ class Upstreams:
             return entry
         label = self._label(upstream)
         gauge = CIRCUIT_BREAKER_STATE.labels(label)
-        gauge.set(_STATE_VALUES[CLOSED])
+        gauge.set(STATE_VALUES[CLOSED])
         entry = _Upstream(
             breaker=CircuitBreaker(
                 self.breaker_config,
                 clock=self._clock,
-                on_change=lambda state: gauge.set(_STATE_VALUES[state]),
+                on_change=lambda state: gauge.set(STATE_VALUES[state]),
             ),
             limiter=Limiter(
                 limits_for(upstream, self.limits, self.default_limits),
@@ -282,6 +386,7 @@ class Upstreams:
                 sleep=self._sleep,
             ),
             label=label,
+            gauge=gauge,
         )
         self._upstreams[upstream] = entry
         self._forget_idle()
@@ -304,29 +409,3 @@ class Upstreams:
             self._labels.add(upstream)
             return upstream
         return "other"
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """A Retry-After header (seconds or an HTTP date) as seconds; None when absent or
-    unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _wait_s(state: RetryCallState, policy: RetryPolicy) -> float:
-    failure = state.outcome.exception() if state.outcome else None
-    retry_after = getattr(failure, "retry_after_s", None)
-    if retry_after is not None:
-        return float(retry_after)
-    return min(policy.backoff_s(state.attempt_number), policy.max_in_worker_wait_s)

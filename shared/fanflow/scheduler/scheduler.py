@@ -7,11 +7,12 @@ call `start` or `step`, persist the new state and carry out the commands.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fanflow import defaults
+from fanflow.chat.memory import latest, window_turns
 from fanflow.errors import NodeError
 from fanflow.messages import NodeTask, TaskResult, task_id_for
 from fanflow.registry import RETRYABLE_NODE_TYPES
@@ -79,8 +80,10 @@ class Scheduler:
         environment: Mapping[str, Any] | None = None,
         conversation: Mapping[str, Any] | None = None,
         conversation_types: Mapping[str, str] | None = None,
+        history: Sequence[Mapping[str, str]] = (),
     ) -> tuple[RunState, list[Command]]:
-        """Create a run's state and its first commands. `inputs` are already prepared."""
+        """Create a run's state and its first commands. `inputs` are already prepared;
+        `history` is a chatflow turn's earlier turns (`{query, answer}`, oldest first)."""
         state = RunState(
             run_id=run_id,
             inputs=dict(inputs),
@@ -88,6 +91,7 @@ class Scheduler:
             environment=dict(environment or {}),
             conversation=dict(conversation or {}),
             conversation_types=dict(conversation_types or {}),
+            history=[{"query": t["query"], "answer": t["answer"]} for t in history],
         )
         state.scopes[""] = Scope(key="")
         step = _Step(self, state)
@@ -247,8 +251,9 @@ class _Step:
         lookup = self.lookup(scope.key)
         variables: dict[str, Any] = {}
         selectors = self.workflow.reads[node.id]
-        if node.type == "llm" and node.data.get("memory"):
-            # memory's first turn: the user's query
+        memory = node.data.get("memory")
+        if node.type == "llm" and memory:
+            # memory's last turn: the user's query
             selectors = (*selectors, ("sys", "query"))
         for selector in selectors:
             try:
@@ -266,6 +271,7 @@ class _Step:
             data=dict(node.data),
             variables=variables,
             timeout_s=self.scheduler.limits.task_timeout_s,
+            history=latest(self.state.history, window_turns(node.type, memory)),
         )
         scope.nodes[node.id].attempt = attempt
         self.out.append(DispatchTask(task, delay_ms=delay_ms))

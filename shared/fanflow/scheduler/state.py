@@ -100,6 +100,8 @@ class RunState:
     environment: dict[str, Any] = field(default_factory=dict)
     conversation: dict[str, Any] = field(default_factory=dict)
     conversation_types: dict[str, str] = field(default_factory=dict)
+    #: a chatflow turn: the conversation's earlier turns ({query, answer}), oldest first
+    history: list[dict[str, str]] = field(default_factory=list)
     scopes: dict[str, Scope] = field(default_factory=dict)
     iterations: dict[str, IterationFrame] = field(default_factory=dict)
     loops: dict[str, LoopFrame] = field(default_factory=dict)

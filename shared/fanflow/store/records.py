@@ -24,6 +24,14 @@ class AppNotFound(StoreError, LookupError):
     """No app with this id."""
 
 
+class AppBusy(StoreError):
+    """The app has as many runs in progress as it may (`creating_run(max_running=...)`)."""
+
+    def __init__(self, message: str, *, running: int) -> None:
+        super().__init__(message)
+        self.running = running
+
+
 @dataclass(frozen=True)
 class OutboxMessage:
     """A message to publish once the transaction that wrote it commits.

@@ -137,3 +137,64 @@ outbox = Table(
     Column("delay_ms", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+# ---- chatflows: conversations, their messages (one per turn) and variables -------------
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("app_id", ForeignKey("apps.id", ondelete="CASCADE"), nullable=False),
+    Column("end_user", String, nullable=False),
+    Column("name", String, nullable=False),
+    # the inputs of the first turn: every later turn of the conversation runs with them
+    Column("inputs", JSON, nullable=False),
+    Column("dialogue_count", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    # a user's conversations, most recently active first (GET /conversations)
+    Index("ix_conversations_app_user_updated", "app_id", "end_user", "updated_at"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column(
+        "conversation_id",
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # the turn's run; no foreign key: a message outlives a purged run
+    Column("run_id", String, nullable=False, unique=True),
+    Column("query", Text, nullable=False),
+    Column("answer", Text, nullable=False),
+    Column("inputs", JSON, nullable=False),
+    Column("files", JSON, nullable=False),
+    # running, normal, error, stopped
+    Column("status", String(16), nullable=False),
+    Column("error", Text, nullable=True),
+    Column("total_tokens", BigInteger, nullable=False),
+    Column("elapsed_time", Float, nullable=True),
+    # `like`, `dislike` or None, as posted to /messages/{id}/feedbacks
+    Column("feedback_rating", String(16), nullable=True),
+    Column("feedback_content", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Index("ix_messages_conversation_created", "conversation_id", "created_at"),
+)
+
+conversation_variables = Table(
+    "conversation_variables",
+    metadata,
+    Column(
+        "conversation_id",
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("name", String, primary_key=True),
+    Column("id", String(36), nullable=False),
+    Column("value_type", String(32), nullable=False),
+    Column("value", JSON, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)

@@ -19,8 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from fanflow.scheduler.state import RUNNING
 from fanflow.store._engine import make_engine, write_transaction
 from fanflow.store._statements import statements_for
+from fanflow.store.conversations import Conversations
 from fanflow.store.migrate import upgrade
 from fanflow.store.records import (
+    AppBusy,
     AppNotFound,
     AppRecord,
     ItemLike,
@@ -85,6 +87,8 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        #: chatflow conversations, their messages and variables
+        self.conversations = Conversations(engine)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, **engine_options: Any) -> Store:
@@ -205,13 +209,30 @@ class Store:
         status: str = RUNNING,
         user: str | None = None,
         created_at: float | None = None,
+        max_running: int | None = None,
     ) -> AsyncIterator[RunTransaction]:
-        """Like `run_transaction`, for a run inserted by this very transaction."""
+        """Like `run_transaction`, for a run inserted by this very transaction.
+
+        With `max_running`, raises `AppBusy` when the app has that many runs running
+        already. The count and the insert are atomic: the app's row is locked for the
+        transaction on PostgreSQL (SQLite's write transactions are serialized already).
+        """
         async with write_transaction(self.engine) as connection:
             if await connection.scalar(select(runs.c.id).where(runs.c.id == run_id)):
                 raise RunExists(f"run {run_id!r} exists already")
-            if not await connection.scalar(select(apps.c.id).where(apps.c.id == app_id)):
+            find_app = select(apps.c.id).where(apps.c.id == app_id)
+            if max_running is not None:
+                # concurrent creators of the app's runs queue here until this one commits
+                find_app = find_app.with_for_update(key_share=True)
+            if not await connection.scalar(find_app):
                 raise AppNotFound(f"no app {app_id!r} to create run {run_id!r} in")
+            if max_running is not None:
+                running = await self._count_running(connection, app_id)
+                if running >= max_running:
+                    raise AppBusy(
+                        f"app {app_id!r} has {running} run(s) in progress (at most {max_running})",
+                        running=running,
+                    )
             insert = runs.insert().values(
                 id=run_id,
                 app_id=app_id,
@@ -317,13 +338,17 @@ class Store:
 
     async def count_running(self, app_id: str) -> int:
         """How many of the app's runs are running now (for a per-app concurrency limit)."""
+        async with self.engine.connect() as connection:
+            return await self._count_running(connection, app_id)
+
+    @staticmethod
+    async def _count_running(connection: AsyncConnection, app_id: str) -> int:
         statement = (
             select(func.count())
             .select_from(runs)
             .where(runs.c.app_id == app_id, runs.c.status == RUNNING)
         )
-        async with self.engine.connect() as connection:
-            return int(await connection.scalar(statement) or 0)
+        return int(await connection.scalar(statement) or 0)
 
     async def overdue_runs(self, *, created_before: float, limit: int = 100) -> list[str]:
         """Ids of runs still running that were created before `created_before` (deadlines)."""

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fanflow.store._statements import SAVED_COLUMNS, Statements, statements_for
+from fanflow.store.chat_records import TurnEnd
 from fanflow.store.records import ItemLike, OutboxMessage, StoredItem, StoreError
 
 
@@ -246,6 +247,13 @@ class RunTransaction:
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[int]:
         """Queue messages to publish after commit; returns their outbox ids, in order."""
         return await add_outbox(self._conn, self.run_id, messages)
+
+    async def finish_turn(self, end: TurnEnd) -> None:
+        """A chatflow turn ended with this run: its message's answer and the conversation's
+        variables commit with the run's end."""
+        from fanflow.store._chat_rows import finish_turn
+
+        await finish_turn(self._conn, self.run_id, end)
 
     async def _flush(self) -> None:
         """Write the buffered rows: one executemany per table (and kind of upsert)."""

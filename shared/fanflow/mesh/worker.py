@@ -1,0 +1,108 @@
+"""The worker's logic: node tasks in, executed, results out; stop broadcasts honoured.
+
+Holds no database connection: a task carries everything it needs. A task of a run that a
+stop broadcast named is dropped (queued) or cancelled (running). Works over either broker
+(`AmqpBroker`, `MemoryBroker`); the service only wires it up (pools, sandbox, signals).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from typing import Any
+
+from fanflow.mesh.topology import HEADER_READY_AT, Topology
+from fanflow.mesh.transport import Broker, Disposition
+from fanflow.messages import NodeTask, TaskResult
+from fanflow.metrics import NODE_DURATION, NODE_EXECUTIONS, QUEUE_WAIT, TASKS_IN_FLIGHT
+
+log = logging.getLogger("fanflow.worker")
+#: how many stopped run ids a worker remembers (stop broadcasts are not replayed)
+STOPPED_RUNS_REMEMBERED = 10_000
+
+Execute = Callable[[NodeTask], Coroutine[Any, Any, TaskResult]]
+
+
+class Worker:
+    """Runs the tasks `broker` delivers with `execute` and publishes their results."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        execute: Execute,
+        *,
+        topology: Topology,
+        duplicate_results: bool = False,
+    ) -> None:
+        """`duplicate_results` publishes every result twice (fault injection for tests)."""
+        self.broker = broker
+        self.execute = execute
+        self.topology = topology
+        self.duplicate_results = duplicate_results
+        self._stopped: OrderedDict[str, None] = OrderedDict()
+        self._running: dict[str, set[asyncio.Task[TaskResult]]] = {}
+
+    async def start(self, prefetch: Mapping[str, int]) -> asyncio.Task[None]:
+        """Listen to stop broadcasts, then consume each class's queue with its prefetch;
+        returns the listener (cancel it when stopping)."""
+        control = await self.broker.subscribe_control()
+        listener = asyncio.create_task(self.listen(control))
+        for cls, count in prefetch.items():
+            await self.broker.consume(self.topology.task_queue(cls), self.handle, prefetch=count)
+        return listener
+
+    async def listen(self, control: AsyncIterator[dict[str, Any]]) -> None:
+        async for message in control:
+            run_id = message.get("stop_run")
+            if isinstance(run_id, str):
+                self.stop_run(run_id)
+
+    def stop_run(self, run_id: str) -> None:
+        """Drop the run's queued tasks from now on and cancel its running ones."""
+        self._stopped[run_id] = None
+        while len(self._stopped) > STOPPED_RUNS_REMEMBERED:
+            self._stopped.popitem(last=False)
+        for running in list(self._running.get(run_id, ())):
+            running.cancel()
+
+    async def handle(self, body: bytes, headers: dict[str, Any], redelivered: bool) -> Disposition:
+        task = NodeTask.decode(body)
+        if task.run_id in self._stopped:
+            return Disposition.ACK  # the run is over; nobody waits for this result
+        cls = self.topology.class_for(task.node_type)
+        _observe_queue_wait(cls, headers)
+        execution = asyncio.create_task(self.execute(task))
+        self._running.setdefault(task.run_id, set()).add(execution)
+        TASKS_IN_FLIGHT.labels(cls).inc()
+        started = time.monotonic()
+        try:
+            result = await execution
+        except asyncio.CancelledError:
+            if task.run_id in self._stopped:
+                log.info("task %s cancelled: run %s stopped", task.task_id, task.run_id)
+                return Disposition.ACK
+            raise
+        finally:
+            TASKS_IN_FLIGHT.labels(cls).dec()
+            running = self._running.get(task.run_id)
+            if running is not None:
+                running.discard(execution)
+                if not running:
+                    del self._running[task.run_id]
+        NODE_DURATION.labels(task.node_type).observe(time.monotonic() - started)
+        NODE_EXECUTIONS.labels(task.node_type, result.status).inc()
+        await self.broker.publish_result(result)
+        if self.duplicate_results:
+            await self.broker.publish_result(result)
+        return Disposition.ACK
+
+
+def _observe_queue_wait(cls: str, headers: dict[str, Any]) -> None:
+    try:
+        ready_at = float(headers.get(HEADER_READY_AT, ""))
+    except (TypeError, ValueError):
+        return  # published by something else than the driver
+    QUEUE_WAIT.labels(cls).observe(max(0.0, time.time() - ready_at))
