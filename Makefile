@@ -1,6 +1,7 @@
 # fanflow developer commands. CI (.ci/run) calls these same targets.
 #   make install   create .venv (with $(PYTHON)) and install fanflow editable with dev tools
 #   make test      run the test suite (installs first when .venv is missing or stale)
+#   make faults    the fault matrix (tests/faults: private RabbitMQ and PostgreSQL, killed and restarted; ~6 min)
 #   make lint      ruff check + ruff format --check; mypy --strict on the library and services
 #   make format    ruff format + ruff check --fix
 #   make oracle    build the venv of Dify's engine for the differential tests
@@ -20,7 +21,7 @@ TEST_JOBS ?= auto
 PYTEST_ARGS ?=
 LINT_PATHS := $(wildcard shared services tests)
 
-.PHONY: help install test lint format oracle services-check bench
+.PHONY: help install test faults lint format oracle services-check bench
 BENCH_ARGS ?=
 
 help:
@@ -41,12 +42,18 @@ $(STAMP): pyproject.toml
 	$(install_venv)
 
 test: $(STAMP)
-	@rc=0; $(BIN)/pytest -n $(TEST_JOBS) --maxprocesses=4 --durations=10 $(PYTEST_ARGS) tests || rc=$$?; \
+	@rc=0; $(BIN)/pytest -n $(TEST_JOBS) --maxprocesses=4 --durations=10 $(PYTEST_ARGS) --ignore=tests/faults tests || rc=$$?; \
 	case $$rc in \
 	  0) echo "make test: PASSED" ;; \
 	  5) echo "make test: FAILED: pytest collected no tests (exit 5)" ;; \
 	  *) echo "make test: FAILED: pytest exit $$rc (1 = tests failed, 2 = interrupted, 3 = internal error, 4 = usage error)" ;; \
 	esac; \
+	exit $$(( rc == 0 ? 0 : 1 ))
+
+# one process: the tests kill and restart the private broker and database they share
+faults: $(STAMP)
+	@rc=0; $(BIN)/pytest -n 0 -p no:cacheprovider --durations=20 $(PYTEST_ARGS) tests/faults || rc=$$?; \
+	if [ $$rc -eq 0 ]; then echo "make faults: PASSED"; else echo "make faults: FAILED: pytest exit $$rc"; fi; \
 	exit $$(( rc == 0 ? 0 : 1 ))
 
 lint: $(STAMP)

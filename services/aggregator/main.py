@@ -47,6 +47,7 @@ async def async_run(settings: Settings, stop: asyncio.Event) -> None:
                 background.append(heartbeat)
             log.info("aggregating results")
             await stop.wait()
+            aggregator.stopping.set()  # a batch held for the database goes back to its queue
             for task in background:
                 task.cancel()
             # a sweep cancelled mid-transaction ends before the store closes

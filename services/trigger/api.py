@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -19,8 +20,16 @@ from fanflow_services.trigger.errors import (
     unauthorized,
 )
 from fanflow_services.trigger.json_guard import storable, text_error
+from fanflow_services.trigger.resilient import (
+    RUN_ID_HEADER,
+    final_run,
+    patiently,
+    peek_run,
+    start_run,
+)
 from fanflow_services.trigger.streams import RECHECK_S, RunWatch, Shutdown
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -48,7 +57,9 @@ async def app_for_key(request: Request, trigger: TriggerDep) -> AppRecord:
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise unauthorized("Authorization header must be provided and start with 'Bearer'")
-    app: AppRecord | None = await trigger.store.app_for_key(key.strip())
+    app: AppRecord | None = await patiently(
+        lambda: trigger.store.app_for_key(key.strip()), "checking an API key"
+    )
     if app is None:
         raise unauthorized("Access token is invalid")
     return app
@@ -123,7 +134,7 @@ async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> An
         raise ApiError(503, "service_unavailable", "the trigger is shutting down; retry")
     max_running = settings.app_max_active_runs
     # a cheap early answer; the count that decides is atomic with the run's creation
-    if await trigger.store.count_running(app.id) >= max_running:
+    if await patiently(lambda: trigger.store.count_running(app.id), "counting runs") >= max_running:
         raise _too_many_runs(max_running)
     body = _parse_run_body(await read_json_object(request, trigger.max_request_bytes))
     if app.id not in trigger.driver.workflows:
@@ -134,7 +145,8 @@ async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> An
     # bound before the run starts: its first events are published by this very request
     watch = await trigger.events.watch(run_id, stream=streaming)
     try:
-        outbox_ids = await trigger.driver.start_run(
+        outbox_ids = await start_run(
+            trigger,
             app,
             run_id,
             RunRequest(inputs=body.inputs, user=body.user, files=tuple(body.files or ())),
@@ -154,15 +166,23 @@ async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> An
         return StreamingResponse(
             _stream(trigger, watch, app),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", RUN_ID_HEADER: run_id},
         )
+    # the headers (with the run id) go out now, the body when the run ends
+    return StreamingResponse(
+        _blocking(trigger, watch, settings.blocking_timeout_s),
+        media_type="application/json",
+        headers={RUN_ID_HEADER: run_id},
+    )
+
+
+async def _blocking(trigger: Trigger, watch: RunWatch, timeout_s: float) -> AsyncIterator[bytes]:
     try:
-        await _wait_finished(trigger, watch, settings.blocking_timeout_s)
+        await _wait_finished(trigger, watch, timeout_s)
     finally:
         watch.close()
-    run = await trigger.store.get_run(run_id)
-    assert run is not None  # created above; runs are never deleted
-    return payloads.blocking_response(run)
+    body = payloads.blocking_response(await final_run(trigger, watch.run_id))
+    yield json.dumps(jsonable_encoder(body), ensure_ascii=False).encode()
 
 
 async def _wait_finished(trigger: Trigger, watch: RunWatch, timeout_s: float) -> None:
@@ -178,7 +198,7 @@ async def _wait_finished(trigger: Trigger, watch: RunWatch, timeout_s: float) ->
             return
         if trigger.events.shutting_down:
             return
-        run = await trigger.store.get_run(watch.run_id)
+        run = await peek_run(trigger, watch.run_id)
         if run is not None and run.status in FINISHED:
             return
 
@@ -199,7 +219,7 @@ async def _stream(trigger: Trigger, watch: RunWatch, app: AppRecord) -> AsyncIte
                 )
                 return
             if event is None:  # quiet for a ping interval: keep alive, and the safety net
-                run = await trigger.store.get_run(watch.run_id)
+                run = await peek_run(trigger, watch.run_id)
                 if run is not None and run.status in FINISHED:
                     yield payloads.sse(formatter.finished(run))
                     return
@@ -208,14 +228,14 @@ async def _stream(trigger: Trigger, watch: RunWatch, app: AppRecord) -> AsyncIte
             if not formatter.is_new(event):
                 continue
             if event.name == payloads.WORKFLOW_FINISHED:
-                run = await trigger.store.get_run(watch.run_id)
-                assert run is not None
-                yield payloads.sse(formatter.finished(run))
+                yield payloads.sse(formatter.finished(await final_run(trigger, watch.run_id)))
                 return
             yield payloads.sse(formatter.convert(event))
-    except Exception as exc:
+    except Exception:
+        # the detail is in the log, never in the stream
         log.exception("streaming run %s failed", watch.run_id)
-        yield payloads.sse(formatter.error(500, "internal_server_error", str(exc)))
+        message = f"Internal error; the run goes on: GET /v1/workflows/run/{watch.run_id}"
+        yield payloads.sse(formatter.error(500, "internal_server_error", message))
     finally:
         watch.close()
 

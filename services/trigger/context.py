@@ -16,7 +16,7 @@ from fanflow.mesh.amqp import AmqpBroker, BrokerError
 from fanflow.mesh.driver import RunDriver
 from fanflow.mesh.relay import OutboxRelay
 from fanflow.settings import Settings
-from fanflow.store import Store
+from fanflow.store import Store, is_transient
 
 log = logging.getLogger("fanflow.trigger")
 
@@ -40,6 +40,11 @@ class Trigger:
             await self.relay.publish(outbox_ids)
         except BrokerError as exc:
             log.warning("run %s: publishing deferred to the outbox sweep: %s", run_id, exc)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # published, but the rows could not be marked: the sweep publishes them again
+            log.warning("run %s: outbox rows left to the sweep: %r", run_id, exc)
 
 
 @contextlib.asynccontextmanager

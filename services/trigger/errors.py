@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fanflow.errors import FanflowError
+from fanflow.store import is_transient
 
 log = logging.getLogger("fanflow.trigger")
 
@@ -28,6 +29,10 @@ _CODES = {
     500: "internal_server_error",
     503: "service_unavailable",
 }
+
+
+#: the message of a 503 for a database that is away (never the driver's text)
+UNAVAILABLE = "The service is temporarily unavailable. Please try again later."
 
 
 class ApiError(FanflowError):
@@ -125,6 +130,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        if is_transient(exc):  # the database is away: worth a retry; the detail stays here
+            return JSONResponse(
+                error_body(503, "service_unavailable", UNAVAILABLE), status_code=503
+            )
         return JSONResponse(
             error_body(500, "internal_server_error", "Internal Server Error."), status_code=500
         )

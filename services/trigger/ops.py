@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+log = logging.getLogger("fanflow.trigger")
 router = APIRouter(tags=["Operations"])
 #: how long one health probe may take before it counts as down
 PROBE_TIMEOUT_S = 3.0
@@ -25,7 +27,9 @@ async def _probe(check: Awaitable[Any]) -> str:
     except TimeoutError:
         return f"no answer within {PROBE_TIMEOUT_S:g} s"
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+        # the detail (driver text, addresses, ports) belongs in the log, not the body
+        log.warning("health probe failed: %r", exc)
+        return "unavailable"
     return "ok"
 
 

@@ -46,5 +46,16 @@ async def every(interval_s: float, action: Callable[[], Awaitable[Any]]) -> None
         await asyncio.sleep(interval_s)
         try:
             await action()
-        except Exception:
-            log.exception("periodic %s failed", getattr(action, "__name__", action))
+        except Exception as exc:
+            name = getattr(action, "__name__", action)
+            if _unavailable(exc):  # a database or broker away: one line, not a traceback
+                log.warning("periodic %s failed: %s: %s", name, type(exc).__name__, exc)
+            else:
+                log.exception("periodic %s failed", name)
+
+
+def _unavailable(exc: Exception) -> bool:
+    from fanflow.mesh.transport import BrokerError
+    from fanflow.store import is_transient
+
+    return isinstance(exc, BrokerError) or is_transient(exc)

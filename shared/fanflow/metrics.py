@@ -121,3 +121,38 @@ LLM_COST = Counter(
     "Cost of the billed LLM answers by model, from the prices file (FANFLOW_LLM_PRICES_FILE).",
     ["model", "currency"],
 )
+
+OUTBOX_PARKED = Counter(
+    "fanflow_outbox_parked_total",
+    "Outbox messages that can never be published (no queue routes them): the row is "
+    "removed and the node it would have run failed.",
+    ["kind"],
+)
+AGGREGATOR_TRANSIENT_ERRORS = Counter(
+    "fanflow_aggregator_transient_errors_total",
+    "Aggregator attempts that failed on a database that was away or busy; the messages "
+    "were held and applied again after a backoff, their deliveries not spent.",
+    ["queue"],
+)
+DEAD_LETTERS = Counter(
+    "fanflow_dead_letters_total",
+    "Dead-lettered messages the aggregator handled, by queue and outcome.",
+    ["queue", "outcome"],
+)
+#: the label values of the aggregator's reliability counters
+TRANSIENT_SOURCES = ("results", "dead_tasks", "dead_results", "outbox", "deadline")
+DEAD_LETTER_OUTCOMES = {
+    "dead_tasks": ("failed_node", "retried_later", "undecodable"),
+    "dead_results": ("applied", "failed_node", "dropped", "undecodable"),
+}
+
+
+def start_aggregator_series() -> None:
+    """Create the aggregator's reliability series at 0: a counter first seen at 1 shows
+    no increase, so alerts on the first dead letter or parked row would never fire."""
+    for source in TRANSIENT_SOURCES:
+        AGGREGATOR_TRANSIENT_ERRORS.labels(source)
+    for queue, outcomes in DEAD_LETTER_OUTCOMES.items():
+        for outcome in outcomes:
+            DEAD_LETTERS.labels(queue, outcome)
+    OUTBOX_PARKED.labels("task")

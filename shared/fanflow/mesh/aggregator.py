@@ -2,73 +2,90 @@
 
 Per batch and per run, in one transaction: drop duplicates, apply the scheduler, record
 items and node executions, write the outbox; commit, publish (confirmed), then ack. A task
-the broker dead-lettered fails its node; runs past their deadline end as stopped. Several
-aggregators at once are safe: the store serializes transactions per run. Works over either
-broker (`AmqpBroker`, `MemoryBroker`); the service only wires it up.
+the broker dead-lettered fails its node, a dead-lettered result is applied once more (or
+fails its node: `fanflow.mesh.dead_letters`); an outbox row no queue routes fails its node
+and is parked; runs past their deadline end as stopped. Several aggregators at once are
+safe: the store serializes transactions per run. Works over either broker (`AmqpBroker`,
+`MemoryBroker`); the service only wires it up.
+
+A database that is away or busy (`fanflow.store.is_transient`) pauses the batch: its
+messages stay unacknowledged and are applied again after a jittered backoff capped at
+REQUEUE_BACKOFF_S, so no delivery is spent on it. Only a message that fails for its own
+content is requeued (the quorum delivery limit then dead-letters it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import KW_ONLY, dataclass, field
-from typing import TypeVar
 
 from fanflow.errors import DecodeError
 from fanflow.lifecycle import every
-from fanflow.mesh.driver import Envelope, RunDriver
+from fanflow.mesh.dead_letters import DEAD_LETTERED, DeadLetters, dead_task_failure
+from fanflow.mesh.driver import KIND_TASK, Envelope, RunDriver
 from fanflow.mesh.relay import OutboxRelay
 from fanflow.mesh.run_apps import RunApps
 from fanflow.mesh.topology import Topology
-from fanflow.mesh.transport import Broker, BrokerError, Delivery, Disposition
+from fanflow.mesh.transport import Broker, BrokerError, Delivery, Disposition, Unroutable
 from fanflow.messages import NodeTask, TaskResult
-from fanflow.metrics import AGGREGATOR_BATCH, RESULTS_APPLIED
+from fanflow.metrics import (
+    AGGREGATOR_BATCH,
+    AGGREGATOR_TRANSIENT_ERRORS,
+    RESULTS_APPLIED,
+    start_aggregator_series,
+)
 from fanflow.scheduler import Limits, TaskFinished, TimerFired
 from fanflow.scheduler.protocol import DEADLINE_TIMER
-from fanflow.store import RunNotFound, Store
+from fanflow.store import Backoff, OutboxMessage, RunNotFound, Store, is_transient
+
+__all__ = ["DEAD_LETTERED", "Aggregator", "dead_task_failure"]
 
 log = logging.getLogger("fanflow.aggregator")
 #: runs of one batch applied at once, each in its own transaction and connection
 RUNS_IN_PARALLEL = 4
-#: a dead-lettered task's failure type (`TaskResult.error_type`)
-DEAD_LETTERED = "DeadLettered"
-
-
-def dead_task_failure(task: NodeTask, *, deliveries: int) -> TaskResult:
-    """The result of a task the broker gave up on after `deliveries` deliveries."""
-    return task.failed(
-        f"{task.node_id} ({task.node_title}): the task was dead-lettered after "
-        f"{deliveries} deliveries (a worker crashed or rejected it)",
-        error_type=DEAD_LETTERED,
-        retryable=False,
-    )
-
-
-@dataclass
+#: the longest pause between two tries of a batch the database refused (transiently)
+REQUEUE_BACKOFF_S = 2.0
+#: the first pause; doubled (jittered) up to REQUEUE_BACKOFF_S
+FIRST_BACKOFF_S = 0.1
 class Aggregator:
     """Applies results, dead-lettered tasks and deadlines to the runs in `store`, and
     publishes what each step committed through `broker`."""
 
-    store: Store
-    broker: Broker
-    _: KW_ONLY
-    topology: Topology
-    limits: Limits
-    runs_in_parallel: int = RUNS_IN_PARALLEL
-    driver: RunDriver = field(init=False)
-    relay: OutboxRelay = field(init=False)
-    apps: RunApps = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.driver = RunDriver(self.store, self.topology, limits=self.limits)
-        self.relay = OutboxRelay(self.store, self.broker)
-        self.apps = RunApps(self.store)
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        *,
+        topology: Topology,
+        limits: Limits,
+        runs_in_parallel: int = RUNS_IN_PARALLEL,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.topology = topology
+        self.limits = limits
+        self.runs_in_parallel = runs_in_parallel
+        self.driver = RunDriver(store, topology, limits=limits)
+        self.relay = OutboxRelay(store, broker, on_unroutable=self.park_unroutable)
+        self.apps = RunApps(store)
+        self.dead_letters = DeadLetters(self, broker, topology, pause_s=REQUEUE_BACKOFF_S)
+        #: set when the process stops: a batch held for the database goes back to its queue
+        self.stopping = asyncio.Event()
+        start_aggregator_series()
 
     async def recover(self) -> int:
-        """Publish at once whatever a crashed process committed and never published."""
-        recovered = await self.relay.sweep(grace_s=0)
+        """Publish at once whatever a crashed process committed and never published; a
+        broker or database failure leaves the rows to the periodic sweep."""
+        try:
+            recovered = await self.relay.sweep(grace_s=0)
+        except Exception as exc:
+            if not (isinstance(exc, BrokerError) or is_transient(exc)):
+                raise
+            log.warning("startup outbox sweep failed, left to the periodic one: %s", exc)
+            return 0
         if recovered:
             log.info("relayed %d outbox message(s) left by an earlier process", recovered)
         return recovered
@@ -81,7 +98,8 @@ class Aggregator:
         await self.recover()
         for queue, handler in (
             (self.topology.results_queue, self.handle_results),
-            (self.topology.dead_tasks_queue, self.handle_dead_tasks),
+            (self.topology.dead_tasks_queue, self.dead_letters.handle_tasks),
+            (self.topology.dead_results_queue, self.dead_letters.handle_results),
         ):
             await self.broker.consume_batches(
                 queue, handler, batch_size=batch_size, max_wait_s=max_wait_s
@@ -95,29 +113,21 @@ class Aggregator:
 
     async def handle_results(self, deliveries: Sequence[Delivery]) -> list[Disposition]:
         AGGREGATOR_BATCH.observe(len(deliveries))
-        envelopes = [self._result_envelope(delivery) for delivery in deliveries]
-        return await self._apply_grouped(envelopes)
+        envelopes: list[tuple[str, Envelope] | None] = []
+        for delivery in deliveries:
+            try:
+                result = TaskResult.decode(delivery.body)
+            except DecodeError:
+                log.exception("rejecting an undecodable result %s", delivery.message_id)
+                envelopes.append(None)
+                continue
+            message_id = delivery.message_id or self.topology.result_message_id(result.task_id)
+            envelopes.append((result.run_id, Envelope(TaskFinished(result), message_id)))
+        return await self.apply_grouped(envelopes, source="results")
 
     async def handle_dead_tasks(self, deliveries: Sequence[Delivery]) -> list[Disposition]:
-        """A task the broker gave up on fails its node (and so its run, or its error branch)."""
-        dispositions = await self._apply_grouped([self._dead_envelope(d) for d in deliveries])
-        # an undecodable dead task has nowhere else to go: acknowledged, logged when decoded
-        return [Disposition.ACK if d is Disposition.REJECT else d for d in dispositions]
-
-    def _result_envelope(self, delivery: Delivery) -> tuple[str, Envelope] | None:
-        result = _decoded(TaskResult, delivery, "rejecting an undecodable result")
-        if result is None:
-            return None
-        message_id = delivery.message_id or self.topology.result_message_id(result.task_id)
-        return result.run_id, Envelope(TaskFinished(result), message_id)
-
-    @staticmethod
-    def _dead_envelope(delivery: Delivery) -> tuple[str, Envelope] | None:
-        task = _decoded(NodeTask, delivery, "dropping an undecodable dead-lettered task")
-        if task is None:
-            return None
-        failure = dead_task_failure(task, deliveries=delivery.delivery_count + 1)
-        return task.run_id, Envelope(TaskFinished(failure), f"dead:{task.task_id}")
+        """A task the broker gave up on fails its node (`DeadLetters.handle_tasks`)."""
+        return await self.dead_letters.handle_tasks(deliveries)
 
     async def end_overdue_runs(self) -> int:
         """Runs past the run deadline end as stopped (the scheduler names the limit)."""
@@ -126,14 +136,17 @@ class Aggregator:
         cutoff = time.time() - self.limits.max_run_seconds
         overdue = await self.store.overdue_runs(created_before=cutoff)
         for run_id in overdue:
-            await self._apply(run_id, [Envelope(TimerFired(DEADLINE_TIMER), f"deadline:{run_id}")])
+            envelope = Envelope(TimerFired(DEADLINE_TIMER), f"deadline:{run_id}")
+            await self._apply(run_id, [envelope], source="deadline")
         return len(overdue)
 
     # ---- applying, per run -------------------------------------------------------------
 
-    async def _apply_grouped(
-        self, envelopes: Sequence[tuple[str, Envelope] | None]
+    async def apply_grouped(
+        self, envelopes: Sequence[tuple[str, Envelope] | None], *, source: str
     ) -> list[Disposition]:
+        """One Disposition per envelope (REJECT for None), applied per run; `source` names
+        where they came from in the metrics."""
         by_run: dict[str, list[int]] = {}
         for position, item in enumerate(envelopes):
             if item is not None:
@@ -147,7 +160,7 @@ class Aggregator:
             group = runs[start : start + width]
             outcomes = await asyncio.gather(
                 *(
-                    self._apply(run_id, [envelopes[p][1] for p in positions])  # type: ignore[index]
+                    self._apply(run_id, [envelopes[p][1] for p in positions], source=source)  # type: ignore[index]
                     for run_id, positions in group
                 )
             )
@@ -156,7 +169,37 @@ class Aggregator:
                     dispositions[position] = outcome
         return dispositions
 
-    async def _apply(self, run_id: str, envelopes: list[Envelope]) -> Disposition:
+    async def _apply(self, run_id: str, envelopes: list[Envelope], *, source: str) -> Disposition:
+        """Apply envelopes to a run. While the database is away the call waits and tries
+        again (the deliveries stay unacknowledged: nothing is spent); a permanent failure
+        requeues them; once stopping, a held batch is requeued."""
+        backoff = Backoff(initial_s=FIRST_BACKOFF_S, cap_s=REQUEUE_BACKOFF_S)
+        while True:
+            try:
+                return await self._apply_once(run_id, envelopes)
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception(
+                        "applying %d message(s) to run %s failed; requeued", len(envelopes), run_id
+                    )
+                    RESULTS_APPLIED.labels("error").inc(len(envelopes))
+                    return Disposition.REQUEUE
+                AGGREGATOR_TRANSIENT_ERRORS.labels(source).inc()
+                if self.stopping.is_set():
+                    return Disposition.REQUEUE
+                delay = backoff.next_delay()
+                log.warning(
+                    "run %s: database unavailable (%s: %s); holding %d message(s), retry in %.2f s",
+                    run_id,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0][:160] if str(exc) else "",
+                    len(envelopes),
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+
+    async def _apply_once(self, run_id: str, envelopes: list[Envelope]) -> Disposition:
         try:
             app = await self.apps.get(run_id)
             if app is None:
@@ -167,30 +210,34 @@ class Aggregator:
         except RunNotFound:
             RESULTS_APPLIED.labels("unknown_run").inc(len(envelopes))
             return Disposition.ACK
-        except Exception:
-            log.exception(
-                "applying %d result(s) to run %s failed; requeued", len(envelopes), run_id
-            )
-            RESULTS_APPLIED.labels("error").inc(len(envelopes))
-            return Disposition.REQUEUE
         RESULTS_APPLIED.labels("applied").inc(len(envelopes))
         if published.messages:  # rows, or best-effort events only
             try:
                 await self.relay.publish(published)
-            except BrokerError as exc:
+            except Exception as exc:
+                if not (isinstance(exc, BrokerError) or is_transient(exc)):
+                    raise
                 # committed: the rows stay in the outbox and the sweep publishes them; the
                 # results must not be applied again
                 log.warning("publishing run %s's step failed, left to the sweep: %s", run_id, exc)
         return Disposition.ACK
 
-
-M = TypeVar("M", NodeTask, TaskResult)
-
-
-def _decoded(message_type: type[M], delivery: Delivery, problem: str) -> M | None:
-    try:
-        message: M = message_type.decode(delivery.body)
-    except DecodeError:
-        log.exception("%s %s", problem, delivery.message_id)
-        return None
-    return message
+    async def park_unroutable(self, message: OutboxMessage, error: Unroutable) -> None:
+        """A committed task no queue routes fails its node (the relay then drops the row);
+        raises while that failure is not recorded, so the row stays for the next sweep."""
+        if message.kind != KIND_TASK:
+            return  # events and controls are never mandatory: nothing waits on them
+        try:
+            task = NodeTask.decode(message.body)
+        except DecodeError:
+            log.error("unroutable outbox message %s is undecodable; dropped", message.message_id)
+            return
+        failure = task.failed(
+            f"{task.node_id} ({task.node_title}): the task could not be published: {error}; "
+            f"no worker queue serves class {message.routing!r}",
+            error_type="Unroutable",
+            retryable=False,
+        )
+        envelope = Envelope(TaskFinished(failure), f"unroutable:{task.task_id}")
+        if await self._apply(task.run_id, [envelope], source="outbox") is not Disposition.ACK:
+            raise RuntimeError(f"could not fail node {task.node_id} of run {task.run_id}")

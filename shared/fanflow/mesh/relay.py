@@ -5,14 +5,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from fanflow.mesh.driver import KIND_CONTROL, KIND_EVENT, KIND_TASK, Committed
 from fanflow.mesh.topology import Topology
-from fanflow.mesh.transport import EVENT_BATCH, Broker, BrokerError, Publish, batch_body
+from fanflow.mesh.transport import (
+    EVENT_BATCH,
+    Broker,
+    BrokerError,
+    Publish,
+    Unroutable,
+    batch_body,
+)
+from fanflow.metrics import OUTBOX_PARKED, OUTBOX_PUBLISHED
 from fanflow.store import OutboxMessage, Store
 
 log = logging.getLogger(__name__)
+
+#: what to do with a committed message no queue routes (a task for a class nothing
+#: serves): fail what it was for. Returns normally once that is durable; the row is then
+#: removed. Raising leaves the row for the next sweep.
+ParkHandler = Callable[[OutboxMessage, Unroutable], Awaitable[None]]
 
 
 class OutboxRelay:
@@ -27,10 +40,19 @@ class OutboxRelay:
     #: a recovery sweep leaves rows younger than this to the process that wrote them
     SWEEP_GRACE_S = 10.0
 
-    def __init__(self, store: Store, broker: Broker, *, batch: int = 500) -> None:
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        *,
+        batch: int = 500,
+        on_unroutable: ParkHandler | None = None,
+    ) -> None:
         self.store = store
         self.broker = broker
         self.batch = batch
+        #: without one (the trigger), an unroutable row stays for an aggregator's sweep
+        self.on_unroutable = on_unroutable
         self._lock = asyncio.Lock()
 
     async def publish(self, ids: Sequence[int]) -> int:
@@ -58,15 +80,20 @@ class OutboxRelay:
             )
             if not rows:
                 return published
-            published += await self._publish_rows(list(rows))
+            handled = await self._publish_rows(list(rows))
+            published += handled
+            if handled < len(rows):
+                return published  # the rest waits for the next sweep, not a busy loop
 
     async def _publish_rows(self, rows: Sequence[tuple[int | None, OutboxMessage]]) -> int:
         """Publish `(row id or None, message)`s in order; mark the rows done that were
-        confirmed (or can never be published). A broker failure leaves its rows for the
-        next try and is raised once the others are marked."""
+        confirmed (or can never be published: an unroutable one is parked). A broker
+        failure leaves its rows for the next try and is raised once the others are
+        marked; so does an unroutable row that could not be parked, without raising."""
         done: list[int] = []
         handled = 0
         failure: BrokerError | None = None
+        unroutable: list[tuple[int | None, OutboxMessage, Unroutable]] = []
         async with self._lock:
             try:
                 publications = [self._publication(m) for _, m in rows]
@@ -75,10 +102,15 @@ class OutboxRelay:
                     next(sent) if p else ValueError("unknown message kind") for p in publications
                 ]
                 for (row_id, message), error in zip(rows, outcomes, strict=True):
-                    if isinstance(error, BrokerError):
+                    if error is None:
+                        OUTBOX_PUBLISHED.labels(message.kind).inc()
+                    elif isinstance(error, Unroutable):
+                        unroutable.append((row_id, message, error))
+                        continue  # parked below, outside the lock (the handler publishes)
+                    elif isinstance(error, BrokerError):
                         failure = failure or error  # the broker is away: the row stays
                         continue
-                    if error is not None:
+                    else:
                         # a row that can never be published must not block the others
                         log.error(
                             "dropping outbox message %s: cannot publish it: %r",
@@ -91,9 +123,32 @@ class OutboxRelay:
             finally:
                 if done:
                     await self.store.mark_published(done)
+        for row_id, message, error in unroutable:
+            if await self._park(message, error):  # else the row stays for a later sweep
+                handled += 1
+                if row_id is not None:
+                    await self.store.mark_published([row_id])
         if failure is not None:
             raise failure
         return handled
+
+    async def _park(self, message: OutboxMessage, error: Unroutable) -> bool:
+        """Hand an unroutable message to `on_unroutable`; True once it is parked."""
+        if self.on_unroutable is None:
+            log.warning(
+                "outbox message %s is unroutable (%s): left to the sweep", message.message_id, error
+            )
+            return False
+        try:
+            await self.on_unroutable(message, error)
+        except Exception:
+            log.exception(
+                "parking unroutable outbox message %s failed; retried later", message.message_id
+            )
+            return False
+        OUTBOX_PARKED.labels(message.kind).inc()
+        log.error("parked outbox message %s: %s", message.message_id, error)
+        return True
 
     def _batch_events(
         self, entries: Sequence[tuple[int | None, OutboxMessage]]

@@ -16,6 +16,7 @@ from fanflow.store.chat_records import (
     TurnEnd,
 )
 from fanflow.store.conversations import Conversations
+from fanflow.store.faults import Backoff, is_transient, retry_transient
 from fanflow.store.migrate import migrate
 from fanflow.store.records import (
     AppBusy,
@@ -37,6 +38,7 @@ __all__ = [
     "AppBusy",
     "AppNotFound",
     "AppRecord",
+    "Backoff",
     "ConversationNotFound",
     "ConversationRecord",
     "ConversationVariableRecord",
@@ -55,6 +57,8 @@ __all__ = [
     "Turn",
     "TurnEnd",
     "hash_api_key",
+    "is_transient",
     "migrate",
     "node_execution_id",
+    "retry_transient",
 ]

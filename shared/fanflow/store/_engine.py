@@ -30,6 +30,10 @@ def make_engine(url: str, **options: Any) -> AsyncEngine:
     backend = make_url(url).get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise ValueError(f"unsupported database URL {url!r}: expected sqlite or postgresql")
+    if backend == "postgresql":
+        # a pooled connection is tested before use: after a database restart the pool's
+        # connections are dead, and each would otherwise fail its first caller
+        options.setdefault("pool_pre_ping", True)
     engine = create_async_engine(url, json_serializer=_json_dumps, **options)
     if backend == "sqlite":
         _configure_sqlite(engine)
