@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from fanflow.settings import Settings
+from fanflow import Settings
 
 #: how long the trigger may take to answer /healthz after starting
 READY_TIMEOUT_S = 60.0

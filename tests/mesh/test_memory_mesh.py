@@ -65,6 +65,13 @@ class Mesh:
             batch_size=10, max_wait_s=0.0, outbox_sweep_s=0.01, deadline_sweep_s=0.01
         )
 
+    async def start_run(self, inputs: dict[str, Any], run_id: str = "run-1") -> None:
+        """Start a run as the trigger does: commit it, then publish its outbox rows."""
+        committed = await self.aggregator.driver.start_run(
+            self.app, run_id, RunRequest(inputs=inputs)
+        )
+        await self.aggregator.relay.publish(committed)
+
     async def wait(self, run_id: str, *, timeout_s: float = 5.0) -> RunRecord:
         async with asyncio.timeout(timeout_s):
             while True:
@@ -114,10 +121,7 @@ async def test_a_run_goes_driver_relay_worker_aggregator_and_ends(tmp_path: Path
     async with mesh(tmp_path) as m:
         await m.start_worker()
         await m.start_aggregator()
-        committed = await m.aggregator.driver.start_run(
-            m.app, "run-1", RunRequest(inputs={"name": "mesh"})
-        )
-        await m.aggregator.relay.publish(committed)
+        await m.start_run({"name": "mesh"})
         run = await m.wait("run-1")
         assert run.status == "succeeded"
         assert run.outputs == {"greeting": "Hello, mesh!", "shout": "HELLO, MESH!", "length": 12}
@@ -167,10 +171,7 @@ async def test_a_duplicated_result_is_applied_once(tmp_path: Path) -> None:
         worker = await m.start_worker()
         worker.duplicate_results = True
         await m.start_aggregator()
-        committed = await m.aggregator.driver.start_run(
-            m.app, "run-1", RunRequest(inputs={"name": "x"})
-        )
-        await m.aggregator.relay.publish(committed)
+        await m.start_run({"name": "x"})
         run = await m.wait("run-1")
         await asyncio.sleep(0.02)  # let the duplicate arrive
         assert run.status == "succeeded" and run.total_steps == (await m.wait("run-1")).total_steps
@@ -185,10 +186,7 @@ async def test_a_task_past_its_delivery_limit_fails_its_node_and_the_run(tmp_pat
     async with mesh(tmp_path, delivery_limit=2) as m:
         await m.start_worker(crash)
         await m.start_aggregator()
-        committed = await m.aggregator.driver.start_run(
-            m.app, "run-1", RunRequest(inputs={"name": "x"})
-        )
-        await m.aggregator.relay.publish(committed)
+        await m.start_run({"name": "x"})
         run = await m.wait("run-1")
         # first delivery + 2 requeues allowed, then the broker dead-letters it
         assert len(m.executed) == 3
@@ -207,10 +205,7 @@ async def test_a_rejected_task_is_dead_lettered_at_once(tmp_path: Path) -> None:
     async with mesh(tmp_path) as m:
         await m.start_worker(poison)
         await m.start_aggregator()
-        committed = await m.aggregator.driver.start_run(
-            m.app, "run-1", RunRequest(inputs={"name": "x"})
-        )
-        await m.aggregator.relay.publish(committed)
+        await m.start_run({"name": "x"})
         run = await m.wait("run-1")
         assert len(m.executed) == 1
         assert run.status == "failed" and "dead-lettered" in (run.error or "")
@@ -227,10 +222,7 @@ async def test_a_stop_cancels_the_running_task_and_drops_the_result(tmp_path: Pa
     async with mesh(tmp_path) as m:
         await m.start_worker(slow)
         await m.start_aggregator()
-        committed = await m.aggregator.driver.start_run(
-            m.app, "run-1", RunRequest(inputs={"name": "x"})
-        )
-        await m.aggregator.relay.publish(committed)
+        await m.start_run({"name": "x"})
         await asyncio.wait_for(started.wait(), 5)
         from fanflow.mesh.driver import Envelope
         from fanflow.scheduler import StopRequested
@@ -247,10 +239,7 @@ async def test_an_overdue_run_is_ended_by_the_deadline_sweep(tmp_path: Path) -> 
     async with mesh(tmp_path, limits=Limits(max_run_seconds=0.05)) as m:
         # no worker: the task waits in its queue while the deadline passes
         await m.start_aggregator()
-        committed = await m.aggregator.driver.start_run(
-            m.app, "run-1", RunRequest(inputs={"name": "x"})
-        )
-        await m.aggregator.relay.publish(committed)
+        await m.start_run({"name": "x"})
         run = await m.wait("run-1")
         assert run.status == "stopped"
         assert run.error and "0.05" in run.error, run.error
