@@ -45,6 +45,17 @@ ADMIN_TOKEN = "faults-admin"
 #: Grafana's interval variables, as a Prometheus query sees them
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
 WORKERS = 2
+#: series of features this workload does not use yet (fleet-wide Redis limits, LLM
+#: fallback models, the LLM cache, a prices file): their queries must evaluate, but may
+#: return nothing. Every other query must return data.
+NOT_EXERCISED = frozenset(
+    {
+        "fanflow_flow_control_deferred_total",
+        "fanflow_llm_failovers_total",
+        "fanflow_llm_cache_requests_total",
+        "fanflow_llm_cost_total",
+    }
+)
 
 
 def _tool(name: str) -> str:
@@ -276,7 +287,8 @@ async def test_every_dashboard_query_and_alert_rule_against_a_live_mesh(
             for board, title, expr in queries
             if not await asyncio.to_thread(prometheus.query, expr)
         ]
-        assert not empty, "dashboard queries without data:\n" + "\n".join(map(str, empty))
+        missing = [q for q in empty if not any(name in q[2] for name in NOT_EXERCISED)]
+        assert not missing, "dashboard queries without data:\n" + "\n".join(map(str, missing))
         published = prometheus.query("sum(fanflow_outbox_published_total)")
         assert float(published[0]["value"][1]) > 0
         for name in ("fanflow_aggregator_transient_errors_total", "fanflow_outbox_parked_total"):

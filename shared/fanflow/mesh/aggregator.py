@@ -50,6 +50,8 @@ RUNS_IN_PARALLEL = 4
 REQUEUE_BACKOFF_S = 2.0
 #: the first pause; doubled (jittered) up to REQUEUE_BACKOFF_S
 FIRST_BACKOFF_S = 0.1
+
+
 class Aggregator:
     """Applies results, dead-lettered tasks and deadlines to the runs in `store`, and
     publishes what each step committed through `broker`."""
