@@ -64,6 +64,13 @@ class ToolParameter:
         return schema
 
 
+def param(
+    name: str, kind: str = "string", *, required: bool = False, default: Any = None
+) -> ToolParameter:
+    """A parameter as the builtin tools declare theirs: a name, a type, and the rest by name."""
+    return ToolParameter(name, kind, required=required, default=default)
+
+
 @dataclass
 class ToolResult:
     """The messages of one call, in the order the tool produced them."""

@@ -12,14 +12,14 @@ configured `base_url` host is let through (`trusted=True`); a URL from the workf
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from fanflow.executors.http_response import HttpReply, check_status, read_reply
+from fanflow.executors.http_response import HttpReply, check_status, read_capped, read_reply
 from fanflow.http_pool import HttpPool
 from fanflow.resilience.ssrf import SsrfRefused
 from fanflow.resilience.upstreams import RetryPolicy, UpstreamFailure
@@ -35,11 +35,9 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True)
-class ToolReply:
-    status_code: int
-    headers: Mapping[str, str]
-    content: bytes
-    encoding: str
+class ToolReply(HttpReply):
+    """A reply with `where` it came from (the tool, the method, the URL without its query)."""
+
     where: str
 
     @property
@@ -188,7 +186,7 @@ class ToolHttp:
                     if max_bytes is None:
                         reply = await read_reply(response, where)
                     else:
-                        reply = await _read_capped(response, where, max_bytes)
+                        reply = await read_capped(response, max_bytes, _too_large(where, max_bytes))
             finally:
                 await response.aclose()
             check_status(reply, where)
@@ -221,33 +219,7 @@ class ToolHttp:
         except UpstreamFailure as exc:
             if str(exc).startswith(self._label):
                 raise
-            raise UpstreamFailure(
-                f"{where}: {exc}",
-                reason=exc.reason,
-                retryable=exc.retryable,
-                retry_after_s=exc.retry_after_s,
-                status_code=exc.status_code,
-                error_type=exc.error_type,
-            ) from exc
-
-
-async def _read_capped(response: httpx.Response, where: str, limit: int) -> HttpReply:
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _invalid(f"{where}: the answer is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise _invalid(f"{where}: the answer is larger than {limit} bytes")
-        chunks.append(chunk)
-    return HttpReply(
-        status_code=response.status_code,
-        headers=dict(response.headers),
-        content=b"".join(chunks),
-        encoding=response.encoding or "utf-8",
-    )
+            raise exc.relabelled(f"{where}: {exc}") from exc
 
 
 def _params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
@@ -265,6 +237,10 @@ def _param_text(value: Any) -> str:
 def _shown(url: httpx.URL) -> str:
     """The URL without its query (keys may travel there)."""
     return f"{url.scheme}://{url.netloc.decode()}{url.path}"
+
+
+def _too_large(where: str, limit: int) -> Callable[[], UpstreamFailure]:
+    return lambda: _invalid(f"{where}: the answer is larger than {limit} bytes")
 
 
 def _transport(message: str, reason: str) -> UpstreamFailure:
