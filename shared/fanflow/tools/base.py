@@ -64,6 +64,14 @@ class ToolParameter:
         return schema
 
 
+def not_configured(call: ToolCall, missing: str) -> ToolError:
+    """A provider setting the tools file lacks: `missing` says which and how to give it."""
+    return ToolError(
+        f"{call.label}: {missing} in the tools file (FANFLOW_TOOLS_FILE)",
+        error_type="ToolProviderCredentialError",
+    )
+
+
 def param(
     name: str, kind: str = "string", *, required: bool = False, default: Any = None
 ) -> ToolParameter:

@@ -14,7 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from fanflow.resilience.upstreams import UpstreamFailure
-from fanflow.tools.base import Tool, ToolCall, ToolError, ToolParameter, ToolResult, param
+from fanflow.tools.base import (
+    Tool,
+    ToolCall,
+    ToolParameter,
+    ToolResult,
+    not_configured,
+    param,
+)
 
 __all__ = ["SEARXNG_TOOLS", "TAVILY_TOOLS", "WIKIPEDIA_TOOLS"]
 
@@ -39,10 +46,8 @@ def _domains(value: Any) -> list[str] | None:
 
 async def _tavily_search(params: dict[str, Any], call: ToolCall) -> ToolResult:
     if not call.config.api_key:
-        raise ToolError(
-            f"{call.label}: provider tavily has no api key: give providers.tavily.api_key_env "
-            "in the tools file (FANFLOW_TOOLS_FILE)",
-            error_type="ToolProviderCredentialError",
+        raise not_configured(
+            call, "provider tavily has no api key: give providers.tavily.api_key_env"
         )
     payload = {
         "query": params["query"],
@@ -80,10 +85,8 @@ async def _tavily_search(params: dict[str, Any], call: ToolCall) -> ToolResult:
 
 async def _searxng_search(params: dict[str, Any], call: ToolCall) -> ToolResult:
     if not call.config.base_url:
-        raise ToolError(
-            f"{call.label}: provider searxng has no base_url: give providers.searxng.base_url "
-            "in the tools file (FANFLOW_TOOLS_FILE)",
-            error_type="ToolProviderCredentialError",
+        raise not_configured(
+            call, "provider searxng has no base_url: give providers.searxng.base_url"
         )
     query = {
         "q": params["query"],

@@ -17,7 +17,7 @@ from typing import Any
 
 from bs4 import BeautifulSoup
 
-from fanflow.tools.base import Tool, ToolCall, ToolError, ToolResult, param
+from fanflow.tools.base import Tool, ToolCall, ToolError, ToolResult, not_configured, param
 
 __all__ = ["FIRECRAWL_TOOLS", "JINA_TOOLS", "WEBSCRAPER_TOOLS"]
 
@@ -86,10 +86,10 @@ def _json_param(value: Any, name: str, call: ToolCall) -> Any:
 
 async def _firecrawl_scrape(params: dict[str, Any], call: ToolCall) -> ToolResult:
     if not call.config.api_key and not call.config.base_url:
-        raise ToolError(
-            f"{call.label}: provider firecrawl has no api key: give providers.firecrawl.api_key"
-            "_env (or a self-hosted base_url) in the tools file (FANFLOW_TOOLS_FILE)",
-            error_type="ToolProviderCredentialError",
+        raise not_configured(
+            call,
+            "provider firecrawl has no api key: give providers.firecrawl.api_key_env "
+            "(or a self-hosted base_url)",
         )
     payload: dict[str, Any] = {
         "url": params["url"],
