@@ -52,6 +52,7 @@ from fanflow.executors.http_response import (
     check_status,
     read_reply,
     reply_outputs,
+    transport_failure,
 )
 from fanflow.executors.outbound import context_pool
 from fanflow.http_pool import (
@@ -161,12 +162,8 @@ def _transport_errors(where: str, label: str) -> Iterator[None]:
     """httpx's exceptions as classified failures."""
     try:
         yield
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise _failure(f"{where}: cannot connect: {exc or type(exc).__name__}", "connect") from exc
-    except httpx.TimeoutException as exc:
-        raise _failure(f"{where}: timed out ({type(exc).__name__})", "timeout") from exc
     except httpx.TransportError as exc:
-        raise _failure(f"{where}: {type(exc).__name__}: {exc}", "connect") from exc
+        raise transport_failure(exc, where, "HttpRequestNodeError") from exc
     except httpx.DecodingError as exc:
         raise invalid(
             f"{where}: cannot decode the response: {exc}", "HttpRequestNodeError"
@@ -214,9 +211,3 @@ def _redirect(
 
 
 # ---- errors ----
-
-
-def _failure(message: str, reason: str) -> UpstreamFailure:
-    return UpstreamFailure(
-        message, reason=reason, retryable=True, error_type="HttpRequestNodeError"
-    )

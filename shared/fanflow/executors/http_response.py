@@ -71,6 +71,18 @@ async def read_capped(
     )
 
 
+def transport_failure(exc: httpx.TransportError, where: str, error_type: str) -> UpstreamFailure:
+    """httpx's transport error as a retryable failure: `connect` (refused, unreachable, any
+    other transport error) or `timeout`."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        message, reason = f"{where}: cannot connect: {exc or type(exc).__name__}", "connect"
+    elif isinstance(exc, httpx.TimeoutException):
+        message, reason = f"{where}: timed out ({type(exc).__name__})", "timeout"
+    else:
+        message, reason = f"{where}: {type(exc).__name__}: {exc}", "connect"
+    return UpstreamFailure(message, reason=reason, retryable=True, error_type=error_type)
+
+
 def check_status(reply: HttpReply, where: str) -> HttpReply:
     """5xx and 429 are failures for the breaker and the retries (the caller may still
     take them as replies)."""

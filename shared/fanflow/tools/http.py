@@ -19,7 +19,13 @@ from typing import Any
 
 import httpx
 
-from fanflow.executors.http_response import HttpReply, check_status, read_capped, read_reply
+from fanflow.executors.http_response import (
+    HttpReply,
+    check_status,
+    read_capped,
+    read_reply,
+    transport_failure,
+)
 from fanflow.http_pool import HttpPool
 from fanflow.resilience.ssrf import SsrfRefused
 from fanflow.resilience.upstreams import RetryPolicy, UpstreamFailure
@@ -206,14 +212,8 @@ class ToolHttp:
     def _errors(self, where: str) -> Iterator[None]:
         try:
             yield
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise _transport(
-                f"{where}: cannot connect: {exc or type(exc).__name__}", "connect"
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise _transport(f"{where}: timed out ({type(exc).__name__})", "timeout") from exc
         except httpx.TransportError as exc:
-            raise _transport(f"{where}: {type(exc).__name__}: {exc}", "connect") from exc
+            raise transport_failure(exc, where, "ToolInvokeError") from exc
         except SsrfRefused as exc:
             raise SsrfRefused(f"{where}: {exc}") from exc
         except UpstreamFailure as exc:
@@ -241,10 +241,6 @@ def _shown(url: httpx.URL) -> str:
 
 def _too_large(where: str, limit: int) -> Callable[[], UpstreamFailure]:
     return lambda: _invalid(f"{where}: the answer is larger than {limit} bytes")
-
-
-def _transport(message: str, reason: str) -> UpstreamFailure:
-    return UpstreamFailure(message, reason=reason, retryable=True, error_type="ToolInvokeError")
 
 
 def _invalid(message: str) -> UpstreamFailure:
