@@ -26,7 +26,7 @@ from fanflow.resilience.breaker import (
     BreakerConfig,
     CircuitBreaker,
 )
-from fanflow.resilience.redis_client import FleetRedis, FleetUnavailable
+from fanflow.resilience.redis_client import LUA_NOW, FleetRedis, FleetUnavailable
 
 if TYPE_CHECKING:
     from prometheus_client import Gauge
@@ -35,9 +35,9 @@ __all__ = ["PROBE", "Decision", "SharedBreakers"]
 
 PROBE = "probe"
 
-CHECK = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+CHECK = (
+    LUA_NOW
+    + """
 local probes_max, probe_timeout, keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local h = redis.call('HMGET', KEYS[1], 'state', 'until', 'gen')
 if not h[1] then return {'closed', '0', 0} end
@@ -57,10 +57,11 @@ if tonumber(redis.call('HGET', KEYS[1], 'probes')) < probes_max then
 end
 return {'half_open', tostring(until_ - now), gen}
 """
+)
 
-OPEN_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+OPEN_SCRIPT = (
+    LUA_NOW
+    + """
 local wait, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
 local h = redis.call('HMGET', KEYS[1], 'state', 'until', 'gen')
 if h[1] == 'open' and tonumber(h[2]) > now then return 0 end
@@ -69,10 +70,11 @@ redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + wait, 'probes', 0, '
 redis.call('PEXPIRE', KEYS[1], math.ceil(wait + keep))
 return 1
 """
+)
 
-PROBE_RESULT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+PROBE_RESULT = (
+    LUA_NOW
+    + """
 local gen, ok, needed = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local wait, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
 local h = redis.call('HMGET', KEYS[1], 'state', 'gen')
@@ -89,6 +91,7 @@ if redis.call('HINCRBY', KEYS[1], 'ok', 1) >= needed then
 end
 return 'half_open'
 """
+)
 
 RELEASE_PROBE = """
 local h = redis.call('HMGET', KEYS[1], 'state', 'gen', 'probes')
