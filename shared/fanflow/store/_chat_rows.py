@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fanflow.store._engine import insert_for
 from fanflow.store.chat_records import (
+    ConversationNotFound,
     ConversationRecord,
     ConversationVariableRecord,
     MessageRecord,
@@ -47,6 +48,12 @@ def message_record(row: Row[Any]) -> MessageRecord:
 
 def variable_record(row: Row[Any]) -> ConversationVariableRecord:
     return _record(ConversationVariableRecord, row)
+
+
+def conversation_not_found(conversation_id: str) -> ConversationNotFound:
+    return ConversationNotFound(
+        f"Conversation Not Exists: no conversation {conversation_id!r} for this user"
+    )
 
 
 def owned(app_id: str, user: str, conversation_id: str) -> Any:
