@@ -59,30 +59,38 @@ return {'half_open', tostring(until_ - now), gen}
 """
 )
 
+#: Lua (after LUA_NOW): `open(wait, keep, gen)` opens the breaker for `wait` ms as round
+#: `gen`; the key outlives the wait by `keep` ms
+_OPEN = """
+local function open(wait, keep, gen)
+  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + wait, 'probes', 0, 'ok', 0,
+    'gen', gen)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(wait + keep))
+end
+"""
+
 OPEN_SCRIPT = (
     LUA_NOW
+    + _OPEN
     + """
 local wait, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
 local h = redis.call('HMGET', KEYS[1], 'state', 'until', 'gen')
 if h[1] == 'open' and tonumber(h[2]) > now then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + wait, 'probes', 0, 'ok', 0,
-  'gen', (tonumber(h[3]) or 0) + 1)
-redis.call('PEXPIRE', KEYS[1], math.ceil(wait + keep))
+open(wait, keep, (tonumber(h[3]) or 0) + 1)
 return 1
 """
 )
 
 PROBE_RESULT = (
     LUA_NOW
+    + _OPEN
     + """
 local gen, ok, needed = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local wait, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
 local h = redis.call('HMGET', KEYS[1], 'state', 'gen')
 if h[1] ~= 'half_open' or tonumber(h[2]) ~= gen then return 'stale' end
 if ok == 0 then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + wait, 'probes', 0, 'ok', 0,
-    'gen', gen + 1)
-  redis.call('PEXPIRE', KEYS[1], math.ceil(wait + keep))
+  open(wait, keep, gen + 1)
   return 'open'
 end
 if redis.call('HINCRBY', KEYS[1], 'ok', 1) >= needed then
