@@ -37,6 +37,12 @@ def _user(value: Any) -> str:
     return value
 
 
+async def _body_and_user(request: Request, trigger: Trigger) -> tuple[dict[str, Any], str]:
+    """The JSON object body and the end `user` it must name."""
+    raw = await read_json_object(request, trigger.max_request_bytes)
+    return raw, _user(raw.get("user"))
+
+
 async def _conversation(
     trigger: Trigger, app: AppRecord, user: str, conversation_id: str
 ) -> ConversationRecord:
@@ -87,8 +93,7 @@ async def list_conversations(
 async def delete_conversation(
     conversation_id: str, request: Request, app: AppDep, trigger: TriggerDep
 ) -> Response:
-    raw = await read_json_object(request, trigger.max_request_bytes)
-    user = _user(raw.get("user"))
+    _, user = await _body_and_user(request, trigger)
     await _conversation(trigger, app, user, conversation_id)
     try:
         await trigger.store.conversations.delete(app.id, user, conversation_id)
@@ -102,8 +107,7 @@ async def rename_conversation(
     conversation_id: str, request: Request, app: AppDep, trigger: TriggerDep
 ) -> dict[str, Any]:
     """A new name, or with `auto_generate` one made from the conversation's first query."""
-    raw = await read_json_object(request, trigger.max_request_bytes)
-    user = _user(raw.get("user"))
+    raw, user = await _body_and_user(request, trigger)
     await _conversation(trigger, app, user, conversation_id)
     name = raw.get("name")
     if raw.get("auto_generate"):
@@ -189,8 +193,7 @@ async def update_variable(
     trigger: TriggerDep,
 ) -> dict[str, Any]:
     """Set one variable; the value must be of the variable's declared type."""
-    raw = await read_json_object(request, trigger.max_request_bytes)
-    user = _user(raw.get("user"))
+    raw, user = await _body_and_user(request, trigger)
     if "value" not in raw:
         raise invalid_param("value: is required")
     await _conversation(trigger, app, user, conversation_id)
@@ -217,8 +220,7 @@ async def message_feedback(
     message_id: str, request: Request, app: AppDep, trigger: TriggerDep
 ) -> dict[str, Any]:
     """Store `like` / `dislike` (null clears it) and an optional `content`."""
-    raw = await read_json_object(request, trigger.max_request_bytes)
-    user = _user(raw.get("user"))
+    raw, user = await _body_and_user(request, trigger)
     rating = raw.get("rating")
     if rating not in ("like", "dislike", None):
         raise invalid_param(f"rating: expected like, dislike or null, got {rating!r}")

@@ -53,13 +53,10 @@ def end_user_id(app_id: str, user: str | None) -> str:
 # ---- stored runs ---------------------------------------------------------------------
 
 
-def finished_data(run: RunRecord, *, streaming: bool = False) -> dict[str, Any]:
-    """`WorkflowFinishedData`: the blocking answer's `data`, the last event's `data`."""
-    data: dict[str, Any] = {
-        "id": run.id,
-        "workflow_id": run.app_id,
+def _run_summary(run: RunRecord) -> dict[str, Any]:
+    """The run-level fields `WorkflowFinishedData` and a log item's `workflow_run` share."""
+    return {
         "status": run.status,
-        "outputs": run.outputs,
         "error": run.error,
         "elapsed_time": run.elapsed_time or 0.0,
         "total_tokens": run.total_tokens,
@@ -67,6 +64,16 @@ def finished_data(run: RunRecord, *, streaming: bool = False) -> dict[str, Any]:
         "created_at": _ts(run.created_at),
         "finished_at": _ts(run.finished_at),
         "exceptions_count": run.exceptions_count,
+    }
+
+
+def finished_data(run: RunRecord, *, streaming: bool = False) -> dict[str, Any]:
+    """`WorkflowFinishedData`: the blocking answer's `data`, the last event's `data`."""
+    data: dict[str, Any] = {
+        "id": run.id,
+        "workflow_id": run.app_id,
+        "outputs": run.outputs,
+        **_run_summary(run),
     }
     if streaming:
         data["files"] = []
@@ -108,14 +115,7 @@ def log_item(run: RunRecord, app: AppRecord) -> dict[str, Any]:
         "workflow_run": {
             "id": run.id,
             "version": _version(app),
-            "status": run.status,
-            "error": run.error,
-            "elapsed_time": run.elapsed_time or 0.0,
-            "total_tokens": run.total_tokens,
-            "total_steps": run.total_steps,
-            "created_at": _ts(run.created_at),
-            "finished_at": _ts(run.finished_at),
-            "exceptions_count": run.exceptions_count,
+            **_run_summary(run),
             "triggered_from": "app-run",
         },
         "created_from": "service-api",

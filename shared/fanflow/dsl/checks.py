@@ -47,7 +47,8 @@ def active_data(data: Mapping[str, Any]) -> Mapping[str, Any]:
     return {key: value for key, value in data.items() if key not in disabled}
 
 
-def _is_selector(value: Any) -> bool:
+def is_selector(value: Any) -> bool:
+    """A selector: `[node_id, name, ...]`, two or more non-empty strings."""
     return (
         isinstance(value, list)
         and len(value) >= 2
@@ -56,7 +57,7 @@ def _is_selector(value: Any) -> bool:
 
 
 def _need_selector(data: Mapping[str, Any], field: str, problems: _Problems) -> None:
-    if not _is_selector(data.get(field)):
+    if not is_selector(data.get(field)):
         problems.append(f"{field} must be a selector like [node_id, name], got {data.get(field)!r}")
 
 
@@ -94,7 +95,7 @@ def _check_bindings(data: Mapping[str, Any], problems: _Problems, field: str = "
         where = f"{field}[{i}]"
         if not isinstance(item.get("variable"), str) or not item["variable"]:
             problems.append(f"{where}.variable must be a name, got {item.get('variable')!r}")
-        if not _is_selector(item.get("value_selector")):
+        if not is_selector(item.get("value_selector")):
             problems.append(
                 f"{where}.value_selector must be a selector, got {item.get('value_selector')!r}"
             )
@@ -102,7 +103,7 @@ def _check_bindings(data: Mapping[str, Any], problems: _Problems, field: str = "
 
 def _check_conditions(conditions: list[Mapping[str, Any]], where: str, problems: _Problems) -> None:
     for i, condition in enumerate(conditions):
-        if not _is_selector(condition.get("variable_selector")):
+        if not is_selector(condition.get("variable_selector")):
             problems.append(f"{where}[{i}].variable_selector must be a selector")
         if not isinstance(condition.get("comparison_operator"), str):
             problems.append(f"{where}[{i}].comparison_operator must be text")
@@ -189,7 +190,7 @@ def check_loop(data: Mapping[str, Any], problems: _Problems) -> None:
         if not isinstance(item.get("label"), str) or not item["label"]:
             problems.append(f"loop_variables[{i}].label must be a name, got {item.get('label')!r}")
         _need_choice(item, "value_type", ("constant", "variable"), problems)
-        if item.get("value_type") == "variable" and not _is_selector(item.get("value")):
+        if item.get("value_type") == "variable" and not is_selector(item.get("value")):
             problems.append(
                 f"loop_variables[{i}].value must be a selector, got {item.get('value')!r}"
             )
@@ -203,7 +204,7 @@ def check_aggregator(data: Mapping[str, Any], problems: _Problems) -> None:
             lists.append((f"advanced_settings.groups[{i}].variables", group.get("variables")))
     for where, selectors in lists:
         if selectors is not None and (
-            not isinstance(selectors, list) or not all(_is_selector(s) for s in selectors)
+            not isinstance(selectors, list) or not all(is_selector(s) for s in selectors)
         ):
             problems.append(f"{where} must be a list of selectors, got {selectors!r}")
 
@@ -216,7 +217,7 @@ def check_assigner(data: Mapping[str, Any], problems: _Problems) -> None:
             _need_selector(data, "input_variable_selector", problems)
         return
     for i, item in enumerate(_entries(data, "items", problems)):
-        if not _is_selector(item.get("variable_selector")):
+        if not is_selector(item.get("variable_selector")):
             problems.append(f"items[{i}].variable_selector must be a selector")
         if not isinstance(item.get("operation"), str):
             problems.append(f"items[{i}].operation must be text, got {item.get('operation')!r}")
@@ -224,7 +225,7 @@ def check_assigner(data: Mapping[str, Any], problems: _Problems) -> None:
         if (
             needs_input
             and item.get("input_type") == "variable"
-            and not _is_selector(item.get("value"))
+            and not is_selector(item.get("value"))
         ):
             problems.append(f"items[{i}].value must be a selector, got {item.get('value')!r}")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from fanflow.dsl.checks import active_data
+from fanflow.dsl.checks import active_data, is_selector
 from fanflow.registry import node_type
 from fanflow.variables import Selector, referenced_selectors
 from fanflow.workflow import Node
@@ -23,17 +23,9 @@ def node_selectors(node: Node) -> list[Selector]:
     declared = node_type(node.type)
     if declared is not None and declared.reads is not None:
         for candidate in declared.reads(node.data):
-            if _is_selector(candidate):
+            if is_selector(candidate):
                 found.setdefault(tuple(candidate), None)
     return list(found)
-
-
-def _is_selector(candidate: Any) -> bool:
-    return (
-        isinstance(candidate, list)
-        and len(candidate) >= 2
-        and all(isinstance(part, str) and part for part in candidate)
-    )
 
 
 def aggregator_reads(data: Mapping[str, Any]) -> Iterator[Any]:

@@ -22,12 +22,12 @@ from typing import Any
 
 from fanflow.context import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.errors import NodeError
-from fanflow.executors.tool import _pool, catalog_of
+from fanflow.executors.outbound import context_pool, tool_http
+from fanflow.executors.tool import catalog_of, find_tool
 from fanflow.llm.invoke import invoke
 from fanflow.messages import NodeTask
 from fanflow.tools.base import Tool, ToolCall, ToolError, coerce_parameters
 from fanflow.tools.catalog import Provider, ToolNotFound, active_catalog
-from fanflow.tools.http import ToolHttp
 from fanflow.variables import render, resolve_or_none
 
 __all__ = ["check_agent", "run_agent_node"]
@@ -140,7 +140,7 @@ async def run_agent_node(task: NodeTask, context: ExecutionContext) -> Execution
     logs: list[dict[str, Any]] = []
     tokens = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     text = ""
-    async with _pool(context) as pool:
+    async with context_pool(context) as pool:
         for round_number in range(1, rounds + 1):
             last = round_number == rounds or not offered
             extra = {} if last else {"tools": [o.function() for o in offered.values()]}
@@ -206,15 +206,14 @@ def _offer(task: NodeTask, context: ExecutionContext, label: str) -> dict[str, _
     catalog = catalog_of(context)
     offered: dict[str, _Offered] = {}
     for spec in _tools_of(task.data):
-        try:
-            provider, tool = catalog.find(
-                str(spec.get("type") or "builtin"),
-                str(spec.get("provider_name") or ""),
-                str(spec.get("provider_name") or ""),
-                str(spec.get("tool_name") or ""),
-            )
-        except ToolNotFound as exc:
-            raise NodeError(f"{label}: {exc}", error_type="NotSupportedError") from exc
+        provider, tool = find_tool(
+            catalog,
+            label,
+            kind=spec.get("type"),
+            provider_id=spec.get("provider_name"),
+            provider_name=spec.get("provider_name"),
+            tool_name=spec.get("tool_name"),
+        )
         offered[str(spec.get("tool_name"))] = _Offered(spec, provider, tool, task)
     return offered
 
@@ -243,13 +242,11 @@ async def _call_tool(
         values = coerce_parameters(chosen.tool, params, label)
     except ToolError as exc:
         return str(exc)
-    http = ToolHttp(
-        pool=pool,
-        upstreams=context.upstreams,
+    http = tool_http(
+        context,
+        pool,
         provider=chosen.provider.name,
         label=label,
-        allow_private_networks=context.allow_private_networks,
-        allow_list=context.http_allow_list,
         trusted_hosts=chosen.provider.config.trusted_hosts(),
     )
     call = ToolCall(

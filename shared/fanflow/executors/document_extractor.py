@@ -16,7 +16,7 @@ from typing import Any
 
 from fanflow.context import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.errors import NodeError
-from fanflow.executors.tool import _pool
+from fanflow.executors.outbound import context_pool, tool_http
 from fanflow.messages import NodeTask
 from fanflow.nodes.documents import DocumentError, UnsupportedDocument, document_type, extract_text
 from fanflow.tools.http import ToolHttp
@@ -54,15 +54,8 @@ async def run_document_extractor(task: NodeTask, context: ExecutionContext) -> E
             f"{label}: Variable {selector} is not a file or an array of files",
             error_type="DocumentExtractorError",
         )
-    async with _pool(context) as pool:
-        http = ToolHttp(
-            pool=pool,
-            upstreams=context.upstreams,
-            provider="document-extractor",
-            label=label,
-            allow_private_networks=context.allow_private_networks,
-            allow_list=context.http_allow_list,
-        )
+    async with context_pool(context) as pool:
+        http = tool_http(context, pool, provider="document-extractor", label=label)
         texts = [await _text_of(file, http, label) for file in files if file]
     if isinstance(value, list):
         return ExecutionOutcome(outputs={"text": texts})

@@ -27,8 +27,8 @@ This module sends; `http_build` builds the request, `http_response` reads the re
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 
@@ -52,10 +52,11 @@ from fanflow.executors.http_response import (
     check_status,
     read_reply,
     reply_outputs,
+    transport_failure,
 )
+from fanflow.executors.outbound import context_pool
 from fanflow.http_pool import (
     _SSL_CONTEXTS,  # noqa: F401  (tests patch it here)
-    HttpPool,
 )
 from fanflow.messages import NodeTask
 from fanflow.resilience.ssrf import SsrfRefused
@@ -88,7 +89,7 @@ async def run_http_request(task: NodeTask, context: ExecutionContext) -> Executi
     label = node_label(task)
     request = build_request(task, label)
     fails_on_status = status_fails_node(task.data)
-    async with _pool(context) as pool:
+    async with context_pool(context) as pool:
         client = pool.request_client(
             ssl_verify=request.ssl_verify,
             allow_private_networks=context.allow_private_networks,
@@ -119,16 +120,6 @@ async def run_http_request(task: NodeTask, context: ExecutionContext) -> Executi
             error_type="HTTPResponseCodeError",
         )
     return ExecutionOutcome(outputs=reply_outputs(reply, label))
-
-
-@asynccontextmanager
-async def _pool(context: ExecutionContext) -> AsyncIterator[HttpPool]:
-    """The process's pool; a pool for this call alone when the context has none (tests)."""
-    if context.http_pool is not None:
-        yield context.http_pool
-        return
-    async with HttpPool() as pool:
-        yield pool
 
 
 async def _send(client: httpx.AsyncClient, request: HttpRequest, label: str) -> HttpReply:
@@ -171,12 +162,8 @@ def _transport_errors(where: str, label: str) -> Iterator[None]:
     """httpx's exceptions as classified failures."""
     try:
         yield
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise _failure(f"{where}: cannot connect: {exc or type(exc).__name__}", "connect") from exc
-    except httpx.TimeoutException as exc:
-        raise _failure(f"{where}: timed out ({type(exc).__name__})", "timeout") from exc
     except httpx.TransportError as exc:
-        raise _failure(f"{where}: {type(exc).__name__}: {exc}", "connect") from exc
+        raise transport_failure(exc, where, "HttpRequestNodeError") from exc
     except httpx.DecodingError as exc:
         raise invalid(
             f"{where}: cannot decode the response: {exc}", "HttpRequestNodeError"
@@ -188,14 +175,7 @@ def _transport_errors(where: str, label: str) -> Iterator[None]:
         labelled = f"{label}: {exc}"
         if isinstance(exc, SsrfRefused):
             raise SsrfRefused(labelled) from exc
-        raise UpstreamFailure(
-            labelled,
-            reason=exc.reason,
-            retryable=exc.retryable,
-            retry_after_s=exc.retry_after_s,
-            status_code=exc.status_code,
-            error_type=exc.error_type,
-        ) from exc
+        raise exc.relabelled(labelled) from exc
 
 
 def _redirect(
@@ -231,9 +211,3 @@ def _redirect(
 
 
 # ---- errors ----
-
-
-def _failure(message: str, reason: str) -> UpstreamFailure:
-    return UpstreamFailure(
-        message, reason=reason, retryable=True, error_type="HttpRequestNodeError"
-    )

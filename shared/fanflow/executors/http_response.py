@@ -7,6 +7,7 @@ attachment, or binary media that does not look like text) is not supported yet.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -44,15 +45,23 @@ async def read_reply(response: httpx.Response, where: str) -> HttpReply:
     """The whole body, refused as soon as it passes its size limit."""
     content_type = response.headers.get("content-type", "")
     limit = MAX_TEXT_BYTES if _is_text_type(content_type) else MAX_BINARY_BYTES
+    return await read_capped(response, limit, lambda: _too_large(where, limit))
+
+
+async def read_capped(
+    response: httpx.Response, limit: int, too_large: Callable[[], Exception]
+) -> HttpReply:
+    """The whole body; `too_large()` is raised as soon as it (or its declared length)
+    passes `limit` bytes."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise _too_large(where, limit)
+        raise too_large()
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > limit:
-            raise _too_large(where, limit)
+            raise too_large()
         chunks.append(chunk)
     return HttpReply(
         status_code=response.status_code,
@@ -60,6 +69,18 @@ async def read_reply(response: httpx.Response, where: str) -> HttpReply:
         content=b"".join(chunks),
         encoding=response.encoding or "utf-8",
     )
+
+
+def transport_failure(exc: httpx.TransportError, where: str, error_type: str) -> UpstreamFailure:
+    """httpx's transport error as a retryable failure: `connect` (refused, unreachable, any
+    other transport error) or `timeout`."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        message, reason = f"{where}: cannot connect: {exc or type(exc).__name__}", "connect"
+    elif isinstance(exc, httpx.TimeoutException):
+        message, reason = f"{where}: timed out ({type(exc).__name__})", "timeout"
+    else:
+        message, reason = f"{where}: {type(exc).__name__}: {exc}", "connect"
+    return UpstreamFailure(message, reason=reason, retryable=True, error_type=error_type)
 
 
 def check_status(reply: HttpReply, where: str) -> HttpReply:

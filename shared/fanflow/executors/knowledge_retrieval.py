@@ -22,7 +22,8 @@ from typing import Any
 
 from fanflow.context import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.errors import NodeError
-from fanflow.executors.tool import _pool, catalog_of
+from fanflow.executors.outbound import context_pool, tool_http
+from fanflow.executors.tool import catalog_of
 from fanflow.messages import NodeTask
 from fanflow.resilience.upstreams import UpstreamFailure
 from fanflow.tools.catalog import active_catalog
@@ -80,16 +81,14 @@ async def run_knowledge_retrieval(task: NodeTask, context: ExecutionContext) -> 
         )
     top_k, threshold = _settings(data)
     records: list[dict[str, Any]] = []
-    async with _pool(context) as pool:
+    async with context_pool(context) as pool:
         for dataset_id in ids:
             dataset = configured[dataset_id]
-            http = ToolHttp(
-                pool=pool,
-                upstreams=context.upstreams,
+            http = tool_http(
+                context,
+                pool,
                 provider=f"knowledge:{dataset_id}",
                 label=label,
-                allow_private_networks=context.allow_private_networks,
-                allow_list=context.http_allow_list,
                 trusted_hosts=ProviderConfig(base_url=dataset.endpoint).trusted_hosts(),
             )
             records.extend(await _retrieve(http, dataset, query, top_k, threshold, label))

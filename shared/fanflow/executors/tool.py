@@ -9,16 +9,12 @@ JSON) and any variables the tool set.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 from fanflow.context import ExecutionContext, ExecutionOutcome, node_label
 from fanflow.errors import NodeError
-from fanflow.http_pool import HttpPool
+from fanflow.executors.outbound import context_pool, tool_http
 from fanflow.messages import NodeTask
-from fanflow.tools.base import ToolCall
-from fanflow.tools.catalog import ToolCatalog, ToolNotFound, active_catalog
-from fanflow.tools.http import ToolHttp
+from fanflow.tools.base import Tool, ToolCall
+from fanflow.tools.catalog import Provider, ToolCatalog, ToolNotFound, active_catalog
 from fanflow.tools.node import resolve_tool_inputs
 
 __all__ = ["run_tool_node"]
@@ -29,39 +25,48 @@ def catalog_of(context: ExecutionContext) -> ToolCatalog:
     return tools if isinstance(tools, ToolCatalog) else active_catalog()
 
 
-async def run_tool_node(task: NodeTask, context: ExecutionContext) -> ExecutionOutcome:
-    label = node_label(task)
-    data = task.data
+def find_tool(
+    catalog: ToolCatalog,
+    label: str,
+    *,
+    kind: object,
+    provider_id: object,
+    provider_name: object,
+    tool_name: object,
+) -> tuple[Provider, Tool]:
+    """The provider and tool a node names (`kind` empty: builtin); NotSupportedError naming
+    the node when the catalog has no such tool."""
     try:
-        provider, tool = catalog_of(context).find(
-            str(data.get("provider_type") or "builtin"),
-            str(data.get("provider_id") or ""),
-            str(data.get("provider_name") or ""),
-            str(data.get("tool_name") or ""),
+        return catalog.find(
+            str(kind or "builtin"),
+            str(provider_id or ""),
+            str(provider_name or ""),
+            str(tool_name or ""),
         )
     except ToolNotFound as exc:
         raise NodeError(f"{label}: {exc}", error_type="NotSupportedError") from exc
+
+
+async def run_tool_node(task: NodeTask, context: ExecutionContext) -> ExecutionOutcome:
+    label = node_label(task)
+    data = task.data
+    provider, tool = find_tool(
+        catalog_of(context),
+        label,
+        kind=data.get("provider_type"),
+        provider_id=data.get("provider_id"),
+        provider_name=data.get("provider_name"),
+        tool_name=data.get("tool_name"),
+    )
     params = resolve_tool_inputs(data, tool, task.lookup, label)
-    async with _pool(context) as pool:
-        http = ToolHttp(
-            pool=pool,
-            upstreams=context.upstreams,
+    async with context_pool(context) as pool:
+        http = tool_http(
+            context,
+            pool,
             provider=provider.name,
             label=label,
-            allow_private_networks=context.allow_private_networks,
-            allow_list=context.http_allow_list,
             trusted_hosts=provider.config.trusted_hosts(),
         )
         call = ToolCall(label=label, provider=provider.name, config=provider.config, http=http)
         result = await tool.invoke(params, call)
     return ExecutionOutcome(outputs=result.outputs())
-
-
-@asynccontextmanager
-async def _pool(context: ExecutionContext) -> AsyncIterator[HttpPool]:
-    """The process's pool; one for this call alone when the context has none (tests)."""
-    if context.http_pool is not None:
-        yield context.http_pool
-        return
-    async with HttpPool() as pool:
-        yield pool

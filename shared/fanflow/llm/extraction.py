@@ -97,15 +97,22 @@ def parameters_schema(parameters: list[Parameter]) -> dict[str, Any]:
 
 # ---- prompts (fanflow's own wording; same intent as Dify's) ----------------------------
 
-_FUNCTION_SYSTEM = """\
-You extract structured data from text. Call the `{tool}` function exactly once. Its \
-arguments must follow the function's JSON schema: one entry per parameter, each of the \
-declared type. Take every value from the text itself; when the schema asks for a list, \
-include every matching value the text holds.
+#: how each system prompt ends: the workflow author's instruction
+_AUTHOR_INSTRUCTION = """\
 Follow these instructions from the workflow author as closely as you can:
 <instruction>
 {instruction}
 </instruction>"""
+
+_FUNCTION_SYSTEM = (
+    """\
+You extract structured data from text. Call the `{tool}` function exactly once. Its \
+arguments must follow the function's JSON schema: one entry per parameter, each of the \
+declared type. Take every value from the text itself; when the schema asks for a list, \
+include every matching value the text holds.
+"""
+    + _AUTHOR_INSTRUCTION
+)
 
 _FUNCTION_USER = """\
 Call `{tool}` with the parameters found in the text between the <text> tags. The \
@@ -117,14 +124,14 @@ arguments follow this JSON schema:
 {query}
 </text>"""
 
-_JSON_SYSTEM = """\
+_JSON_SYSTEM = (
+    """\
 You turn text into one JSON object. Reply with that object only: no prose, no Markdown \
 fences, no XML tags. The JSON schema in the user's message gives its keys and the type \
 of each value; include every key, with values taken from the text.
-Follow these instructions from the workflow author as closely as you can:
-<instruction>
-{instruction}
-</instruction>"""
+"""
+    + _AUTHOR_INSTRUCTION
+)
 
 _JSON_USER = """\
 JSON schema of the object to produce:

@@ -83,12 +83,7 @@ def _select(variable: Mapping[str, Any], name: str, value: Any) -> Any:
 
 
 def _text(variable: Mapping[str, Any], name: str, value: Any) -> Any:
-    max_length = _max_length(variable)
-    if max_length and len(value) > max_length:
-        raise InputsInvalid(
-            f"{name} in input form must be less than {max_length} characters", variable=name
-        )
-    return value
+    return _within_max_length(variable, name, value, "characters")
 
 
 def _file(variable: Mapping[str, Any], name: str, value: Any) -> Any:
@@ -100,12 +95,7 @@ def _file(variable: Mapping[str, Any], name: str, value: Any) -> Any:
 def _file_list(variable: Mapping[str, Any], name: str, value: Any) -> Any:
     if not (isinstance(value, list) and all(isinstance(item, Mapping) for item in value)):
         raise InputsInvalid(f"{name} in input form must be a list of files", variable=name)
-    max_length = _max_length(variable)
-    if max_length and len(value) > max_length:
-        raise InputsInvalid(
-            f"{name} in input form must be less than {max_length} files", variable=name
-        )
-    return value
+    return _within_max_length(variable, name, value, "files")
 
 
 def _checkbox(variable: Mapping[str, Any], name: str, value: Any) -> Any:
@@ -130,6 +120,16 @@ def _json_object(variable: Mapping[str, Any], name: str, value: Any) -> Any:
         raise InputsInvalid(
             f"{name} in input form must be a dict (a JSON object), got {type(value).__name__}",
             variable=name,
+        )
+    return value
+
+
+def _within_max_length(variable: Mapping[str, Any], name: str, value: Any, unit: str) -> Any:
+    """`value` when it is no longer than the variable's `max_length` (in `unit`s)."""
+    max_length = _max_length(variable)
+    if max_length and len(value) > max_length:
+        raise InputsInvalid(
+            f"{name} in input form must be less than {max_length} {unit}", variable=name
         )
     return value
 

@@ -37,6 +37,17 @@ class UpstreamFailure(NodeError):
         self.retry_after_s = retry_after_s
         self.status_code = status_code
 
+    def relabelled(self, message: str) -> UpstreamFailure:
+        """The same classified failure under another message (one naming the node)."""
+        return UpstreamFailure(
+            message,
+            reason=self.reason,
+            retryable=self.retryable,
+            retry_after_s=self.retry_after_s,
+            status_code=self.status_code,
+            error_type=self.error_type,
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:

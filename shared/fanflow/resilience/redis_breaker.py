@@ -26,7 +26,7 @@ from fanflow.resilience.breaker import (
     BreakerConfig,
     CircuitBreaker,
 )
-from fanflow.resilience.redis_client import FleetRedis, FleetUnavailable
+from fanflow.resilience.redis_client import LUA_NOW, FleetRedis, FleetUnavailable
 
 if TYPE_CHECKING:
     from prometheus_client import Gauge
@@ -35,9 +35,9 @@ __all__ = ["PROBE", "Decision", "SharedBreakers"]
 
 PROBE = "probe"
 
-CHECK = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+CHECK = (
+    LUA_NOW
+    + """
 local probes_max, probe_timeout, keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local h = redis.call('HMGET', KEYS[1], 'state', 'until', 'gen')
 if not h[1] then return {'closed', '0', 0} end
@@ -57,30 +57,40 @@ if tonumber(redis.call('HGET', KEYS[1], 'probes')) < probes_max then
 end
 return {'half_open', tostring(until_ - now), gen}
 """
+)
 
-OPEN_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+#: Lua (after LUA_NOW): `open(wait, keep, gen)` opens the breaker for `wait` ms as round
+#: `gen`; the key outlives the wait by `keep` ms
+_OPEN = """
+local function open(wait, keep, gen)
+  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + wait, 'probes', 0, 'ok', 0,
+    'gen', gen)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(wait + keep))
+end
+"""
+
+OPEN_SCRIPT = (
+    LUA_NOW
+    + _OPEN
+    + """
 local wait, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
 local h = redis.call('HMGET', KEYS[1], 'state', 'until', 'gen')
 if h[1] == 'open' and tonumber(h[2]) > now then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + wait, 'probes', 0, 'ok', 0,
-  'gen', (tonumber(h[3]) or 0) + 1)
-redis.call('PEXPIRE', KEYS[1], math.ceil(wait + keep))
+open(wait, keep, (tonumber(h[3]) or 0) + 1)
 return 1
 """
+)
 
-PROBE_RESULT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+PROBE_RESULT = (
+    LUA_NOW
+    + _OPEN
+    + """
 local gen, ok, needed = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local wait, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
 local h = redis.call('HMGET', KEYS[1], 'state', 'gen')
 if h[1] ~= 'half_open' or tonumber(h[2]) ~= gen then return 'stale' end
 if ok == 0 then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + wait, 'probes', 0, 'ok', 0,
-    'gen', gen + 1)
-  redis.call('PEXPIRE', KEYS[1], math.ceil(wait + keep))
+  open(wait, keep, gen + 1)
   return 'open'
 end
 if redis.call('HINCRBY', KEYS[1], 'ok', 1) >= needed then
@@ -89,6 +99,7 @@ if redis.call('HINCRBY', KEYS[1], 'ok', 1) >= needed then
 end
 return 'half_open'
 """
+)
 
 RELEASE_PROBE = """
 local h = redis.call('HMGET', KEYS[1], 'state', 'gen', 'probes')

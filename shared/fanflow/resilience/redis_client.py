@@ -37,6 +37,14 @@ class FleetUnavailable(Exception):
     """Redis did not answer: use the per-process state for this call."""
 
 
+#: the opening of a Lua script: `now`, the Redis server's clock in milliseconds (one clock
+#: for the whole fleet)
+LUA_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+"""
+
+
 def set_mode(mode: str) -> None:
     """Publish the mode in force (global: Redis; local: per worker process)."""
     FLOW_CONTROL_MODE.labels(GLOBAL).set(1 if mode == GLOBAL else 0)

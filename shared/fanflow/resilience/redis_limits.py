@@ -26,7 +26,7 @@ from typing import Any
 
 from fanflow.resilience.failures import UpstreamFailure
 from fanflow.resilience.ratelimit import UpstreamLimits
-from fanflow.resilience.redis_client import FleetRedis, FleetUnavailable
+from fanflow.resilience.redis_client import LUA_NOW, FleetRedis, FleetUnavailable
 
 __all__ = ["BudgetDeferred", "CallKeys", "FleetLimiter", "Lease", "estimate_tokens"]
 
@@ -34,9 +34,9 @@ __all__ = ["BudgetDeferred", "CallKeys", "FleetLimiter", "Lease", "estimate_toke
 _PER_SCOPE = 7
 _KINDS = ("concurrency", "rps", "rpm", "tpm")
 
-ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+ACQUIRE = (
+    LUA_NOW
+    + """
 local lease, max_wait, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local tokens, n = tonumber(ARGV[4]), tonumber(ARGV[5])
 for i = 1, n do
@@ -96,10 +96,11 @@ for i = 1, n do
 end
 return {1, tostring(wait), 0, ''}
 """
+)
 
-RELEASE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+RELEASE = (
+    LUA_NOW
+    + """
 local lease, delta, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 1, n do
   redis.call('ZREM', KEYS[2 * i], lease)
@@ -120,6 +121,7 @@ for i = 1, n do
 end
 return 1
 """
+)
 
 
 @dataclass(frozen=True)

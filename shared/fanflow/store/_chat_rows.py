@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import fields
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, select, update
 from sqlalchemy.engine import Row
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fanflow.store._engine import insert_for
 from fanflow.store.chat_records import (
+    ConversationNotFound,
     ConversationRecord,
     ConversationVariableRecord,
     MessageRecord,
@@ -23,36 +25,34 @@ from fanflow.store.chat_records import (
 )
 from fanflow.store.schema import conversation_variables, conversations, messages
 
+R = TypeVar("R")
+
 
 def variable_id(conversation_id: str, name: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fanflow:conversation:{conversation_id}:{name}"))
 
 
+def _record(cls: type[R], row: Row[Any], **columns: str) -> R:
+    """`cls` from the row: each field from the column of its name (`columns` renames)."""
+    mapping = row._mapping
+    return cls(**{f.name: mapping[columns.get(f.name, f.name)] for f in fields(cls)})  # type: ignore[arg-type]
+
+
 def conversation_record(row: Row[Any]) -> ConversationRecord:
-    return ConversationRecord(
-        id=row.id,
-        app_id=row.app_id,
-        user=row.end_user,
-        name=row.name,
-        inputs=row.inputs,
-        dialogue_count=row.dialogue_count,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return _record(ConversationRecord, row, user="end_user")
 
 
 def message_record(row: Row[Any]) -> MessageRecord:
-    return MessageRecord(**{c.name: row._mapping[c.name] for c in messages.c})
+    return _record(MessageRecord, row)
 
 
 def variable_record(row: Row[Any]) -> ConversationVariableRecord:
-    return ConversationVariableRecord(
-        id=row.id,
-        name=row.name,
-        value_type=row.value_type,
-        value=row.value,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+    return _record(ConversationVariableRecord, row)
+
+
+def conversation_not_found(conversation_id: str) -> ConversationNotFound:
+    return ConversationNotFound(
+        f"Conversation Not Exists: no conversation {conversation_id!r} for this user"
     )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fanflow.store._chat_rows import (
+    conversation_not_found,
     conversation_record,
     message_record,
     owned,
@@ -102,10 +103,7 @@ class Conversations:
                     .values(dialogue_count=conversations.c.dialogue_count + 1, updated_at=now)
                 )
                 if not result.rowcount:
-                    raise ConversationNotFound(
-                        f"Conversation Not Exists: no conversation {conversation_id!r} "
-                        "for this user"
-                    )
+                    raise conversation_not_found(conversation_id)
             row = (
                 await connection.execute(
                     select(conversations).where(conversations.c.id == conversation_id)
@@ -183,9 +181,7 @@ class Conversations:
     async def require(self, app_id: str, user: str, conversation_id: str) -> ConversationRecord:
         found = await self.get(app_id, user, conversation_id)
         if found is None:
-            raise ConversationNotFound(
-                f"Conversation Not Exists: no conversation {conversation_id!r} for this user"
-            )
+            raise conversation_not_found(conversation_id)
         return found
 
     async def page(
@@ -241,9 +237,7 @@ class Conversations:
                 .values(name=name, updated_at=time.time())
             )
             if not result.rowcount:
-                raise ConversationNotFound(
-                    f"Conversation Not Exists: no conversation {conversation_id!r} for this user"
-                )
+                raise conversation_not_found(conversation_id)
         return await self.require(app_id, user, conversation_id)
 
     async def delete(self, app_id: str, user: str, conversation_id: str) -> None:
@@ -253,9 +247,7 @@ class Conversations:
                 select(conversations.c.id).where(owned(app_id, user, conversation_id))
             )
             if found is None:
-                raise ConversationNotFound(
-                    f"Conversation Not Exists: no conversation {conversation_id!r} for this user"
-                )
+                raise conversation_not_found(conversation_id)
             # explicit: SQLite enforces ON DELETE CASCADE only with foreign keys on
             for table in (conversation_variables, messages):
                 await connection.execute(

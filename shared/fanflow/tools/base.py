@@ -64,6 +64,21 @@ class ToolParameter:
         return schema
 
 
+def not_configured(call: ToolCall, missing: str) -> ToolError:
+    """A provider setting the tools file lacks: `missing` says which and how to give it."""
+    return ToolError(
+        f"{call.label}: {missing} in the tools file (FANFLOW_TOOLS_FILE)",
+        error_type="ToolProviderCredentialError",
+    )
+
+
+def param(
+    name: str, kind: str = "string", *, required: bool = False, default: Any = None
+) -> ToolParameter:
+    """A parameter as the builtin tools declare theirs: a name, a type, and the rest by name."""
+    return ToolParameter(name, kind, required=required, default=default)
+
+
 @dataclass
 class ToolResult:
     """The messages of one call, in the order the tool produced them."""

@@ -13,7 +13,7 @@ from typing import Any
 from jsonpath_ng.exceptions import JsonPathParserError
 from jsonpath_ng.ext.parser import parse as parse_path
 
-from fanflow.tools.base import Tool, ToolCall, ToolParameter, ToolResult
+from fanflow.tools.base import Tool, ToolCall, ToolParameter, ToolResult, param
 
 __all__ = ["JSON_TOOLS"]
 
@@ -114,31 +114,25 @@ async def _delete(params: dict[str, Any], call: ToolCall) -> ToolResult:
     return ToolResult().add_text(_dump(data, params["ensure_ascii"]))
 
 
-def _p(
-    name: str, kind: str = "string", *, required: bool = False, default: Any = None
-) -> ToolParameter:
-    return ToolParameter(name, kind, required=required, default=default)
-
-
-_ASCII = _p("ensure_ascii", "boolean", default=True)
+_ASCII = param("ensure_ascii", "boolean", default=True)
 
 JSON_TOOLS = (
     Tool(
         "parse",
         "Select from a JSON document with a JSONPath expression.",
-        (_p("content", required=True), _p("json_filter", required=True), _ASCII),
+        (param("content", required=True), param("json_filter", required=True), _ASCII),
         _parse,
     ),
     Tool(
         "insert",
         "Insert a value at a JSONPath.",
         (
-            _p("content", required=True),
-            _p("query", required=True),
-            _p("new_value", required=True),
-            _p("index", "number"),
-            _p("create_path", "boolean", default=False),
-            _p("value_decode", "boolean", default=False),
+            param("content", required=True),
+            param("query", required=True),
+            param("new_value", required=True),
+            param("index", "number"),
+            param("create_path", "boolean", default=False),
+            param("value_decode", "boolean", default=False),
             _ASCII,
         ),
         _insert,
@@ -147,14 +141,14 @@ JSON_TOOLS = (
         "replace",
         "Replace a pattern, a key or a value at a JSONPath.",
         (
-            _p("content", required=True),
-            _p("query", required=True),
-            _p("replace_pattern"),
-            _p("replace_value", required=True),
+            param("content", required=True),
+            param("query", required=True),
+            param("replace_pattern"),
+            param("replace_value", required=True),
             ToolParameter(
                 "replace_model", "select", default="pattern", options=("pattern", "key", "value")
             ),
-            _p("value_decode", "boolean", default=False),
+            param("value_decode", "boolean", default=False),
             _ASCII,
         ),
         _replace,
@@ -162,7 +156,7 @@ JSON_TOOLS = (
     Tool(
         "delete",
         "Delete what a JSONPath selects.",
-        (_p("content", required=True), _p("query", required=True), _ASCII),
+        (param("content", required=True), param("query", required=True), _ASCII),
         _delete,
     ),
 )

@@ -10,7 +10,7 @@ import calendar
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fanflow.tools.base import Tool, ToolCall, ToolParameter, ToolResult
+from fanflow.tools.base import Tool, ToolCall, ToolResult, param
 
 __all__ = ["TIME_TOOLS"]
 
@@ -80,26 +80,20 @@ async def _weekday(params: dict[str, object], call: ToolCall) -> ToolResult:
     return ToolResult().add_text(f"{calendar.month_name[month]} {day}, {year} is {name}.")
 
 
-def _p(
-    name: str, kind: str = "string", *, required: bool = False, default: object = None
-) -> ToolParameter:
-    return ToolParameter(name, kind, required=required, default=default)
-
-
 TIME_TOOLS = (
     Tool(
         "current_time",
         "A tool for getting the current time.",
-        (_p("format", default="%Y-%m-%d %H:%M:%S"), _p("timezone", default="UTC")),
+        (param("format", default="%Y-%m-%d %H:%M:%S"), param("timezone", default="UTC")),
         _current_time,
     ),
     Tool(
         "timezone_conversion",
         "Convert a time (%Y-%m-%d %H:%M:%S) from one timezone to another.",
         (
-            _p("current_time", required=True),
-            _p("current_timezone", required=True),
-            _p("target_timezone", required=True),
+            param("current_time", required=True),
+            param("current_timezone", required=True),
+            param("target_timezone", required=True),
         ),
         _timezone_conversion,
     ),
@@ -107,25 +101,25 @@ TIME_TOOLS = (
         "timestamp_to_localtime",
         "A Unix timestamp as local time in a timezone.",
         (
-            _p("timestamp", "number", required=True),
-            _p("timezone", default="Asia/Shanghai"),
-            _p("format", default=_DEFAULT_FORMAT),
+            param("timestamp", "number", required=True),
+            param("timezone", default="Asia/Shanghai"),
+            param("format", default=_DEFAULT_FORMAT),
         ),
         _timestamp_to_localtime,
     ),
     Tool(
         "localtime_to_timestamp",
         "A local time (%Y-%m-%d %H:%M:%S) in a timezone as a Unix timestamp.",
-        (_p("localtime", required=True), _p("timezone", default="Asia/Shanghai")),
+        (param("localtime", required=True), param("timezone", default="Asia/Shanghai")),
         _localtime_to_timestamp,
     ),
     Tool(
         "weekday",
         "The weekday of a date.",
         (
-            _p("year", "number", required=True),
-            _p("month", "number", required=True),
-            _p("day", "number", required=True),
+            param("year", "number", required=True),
+            param("month", "number", required=True),
+            param("day", "number", required=True),
         ),
         _weekday,
     ),

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,11 +152,12 @@ def parse_tools_config(
 
 
 def _mcp(name: str, value: Any, where: str, env: Mapping[str, str]) -> McpServerConfig:
-    if not isinstance(value, Mapping):
-        raise ToolsConfigInvalid(f"{where}: expected a mapping {{url, api_key_env, headers}}")
-    unknown = set(value) - {"url", "api_key", "api_key_env", "headers", "id"}
-    if unknown:
-        raise ToolsConfigInvalid(f"{where}: unknown key(s) {sorted(unknown)}")
+    value = _mapping_of(
+        value,
+        where,
+        {"url", "api_key", "api_key_env", "headers", "id"},
+        "{url, api_key_env, headers}",
+    )
     url = str(value.get("url") or "")
     if not url.startswith(("http://", "https://")):
         raise ToolsConfigInvalid(f"{where}.url: the server's streamable HTTP URL, got {url!r}")
@@ -176,11 +177,7 @@ def _mcp(name: str, value: Any, where: str, env: Mapping[str, str]) -> McpServer
 
 
 def _dataset(name: str, value: Any, where: str, env: Mapping[str, str]) -> DatasetConfig:
-    if not isinstance(value, Mapping):
-        raise ToolsConfigInvalid(f"{where}: expected a mapping {{endpoint, knowledge_id, ...}}")
-    unknown = set(value) - _DATASET_KEYS
-    if unknown:
-        raise ToolsConfigInvalid(f"{where}: unknown key(s) {sorted(unknown)}")
+    value = _mapping_of(value, where, _DATASET_KEYS, "{endpoint, knowledge_id, ...}")
     endpoint = str(value.get("endpoint") or "")
     if not endpoint.startswith(("http://", "https://")):
         raise ToolsConfigInvalid(f"{where}.endpoint: expected an http(s) URL, got {endpoint!r}")
@@ -214,12 +211,18 @@ def _key(value: Mapping[str, Any], where: str, env: Mapping[str, str]) -> str | 
     return key or None
 
 
-def _provider(value: Any, where: str, env: Mapping[str, str]) -> ProviderConfig:
+def _mapping_of(value: Any, where: str, keys: Set[str], shape: str) -> Mapping[str, Any]:
+    """`value` as a mapping of only `keys`; `shape` names them in the error."""
     if not isinstance(value, Mapping):
-        raise ToolsConfigInvalid(f"{where}: expected a mapping {{base_url, api_key, ...}}")
-    unknown = set(value) - _PROVIDER_KEYS
+        raise ToolsConfigInvalid(f"{where}: expected a mapping {shape}")
+    unknown = set(value) - keys
     if unknown:
         raise ToolsConfigInvalid(f"{where}: unknown key(s) {sorted(unknown)}")
+    return value
+
+
+def _provider(value: Any, where: str, env: Mapping[str, str]) -> ProviderConfig:
+    value = _mapping_of(value, where, _PROVIDER_KEYS, "{base_url, api_key, ...}")
     base_url = value.get("base_url")
     if base_url is not None and not str(base_url).startswith(("http://", "https://")):
         raise ToolsConfigInvalid(f"{where}.base_url: expected an http(s) URL, got {base_url!r}")
@@ -236,11 +239,7 @@ def _provider(value: Any, where: str, env: Mapping[str, str]) -> ProviderConfig:
 def _openapi(
     name: str, value: Any, where: str, base_dir: Path | None, env: Mapping[str, str]
 ) -> OpenApiConfig:
-    if not isinstance(value, Mapping):
-        raise ToolsConfigInvalid(f"{where}: expected a mapping {{document or schema, auth}}")
-    unknown = set(value) - _OPENAPI_KEYS
-    if unknown:
-        raise ToolsConfigInvalid(f"{where}: unknown key(s) {sorted(unknown)}")
+    value = _mapping_of(value, where, _OPENAPI_KEYS, "{document or schema, auth}")
     document = value.get("schema")
     if document is None and value.get("document"):
         path = Path(str(value["document"]))

@@ -12,14 +12,20 @@ configured `base_url` host is let through (`trusted=True`); a URL from the workf
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from fanflow.executors.http_response import HttpReply, check_status, read_reply
+from fanflow.executors.http_response import (
+    HttpReply,
+    check_status,
+    read_capped,
+    read_reply,
+    transport_failure,
+)
 from fanflow.http_pool import HttpPool
 from fanflow.resilience.ssrf import SsrfRefused
 from fanflow.resilience.upstreams import RetryPolicy, UpstreamFailure
@@ -35,11 +41,9 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass(frozen=True)
-class ToolReply:
-    status_code: int
-    headers: Mapping[str, str]
-    content: bytes
-    encoding: str
+class ToolReply(HttpReply):
+    """A reply with `where` it came from (the tool, the method, the URL without its query)."""
+
     where: str
 
     @property
@@ -188,7 +192,7 @@ class ToolHttp:
                     if max_bytes is None:
                         reply = await read_reply(response, where)
                     else:
-                        reply = await _read_capped(response, where, max_bytes)
+                        reply = await read_capped(response, max_bytes, _too_large(where, max_bytes))
             finally:
                 await response.aclose()
             check_status(reply, where)
@@ -208,46 +212,14 @@ class ToolHttp:
     def _errors(self, where: str) -> Iterator[None]:
         try:
             yield
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise _transport(
-                f"{where}: cannot connect: {exc or type(exc).__name__}", "connect"
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise _transport(f"{where}: timed out ({type(exc).__name__})", "timeout") from exc
         except httpx.TransportError as exc:
-            raise _transport(f"{where}: {type(exc).__name__}: {exc}", "connect") from exc
+            raise transport_failure(exc, where, "ToolInvokeError") from exc
         except SsrfRefused as exc:
             raise SsrfRefused(f"{where}: {exc}") from exc
         except UpstreamFailure as exc:
             if str(exc).startswith(self._label):
                 raise
-            raise UpstreamFailure(
-                f"{where}: {exc}",
-                reason=exc.reason,
-                retryable=exc.retryable,
-                retry_after_s=exc.retry_after_s,
-                status_code=exc.status_code,
-                error_type=exc.error_type,
-            ) from exc
-
-
-async def _read_capped(response: httpx.Response, where: str, limit: int) -> HttpReply:
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _invalid(f"{where}: the answer is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise _invalid(f"{where}: the answer is larger than {limit} bytes")
-        chunks.append(chunk)
-    return HttpReply(
-        status_code=response.status_code,
-        headers=dict(response.headers),
-        content=b"".join(chunks),
-        encoding=response.encoding or "utf-8",
-    )
+            raise exc.relabelled(f"{where}: {exc}") from exc
 
 
 def _params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
@@ -267,8 +239,8 @@ def _shown(url: httpx.URL) -> str:
     return f"{url.scheme}://{url.netloc.decode()}{url.path}"
 
 
-def _transport(message: str, reason: str) -> UpstreamFailure:
-    return UpstreamFailure(message, reason=reason, retryable=True, error_type="ToolInvokeError")
+def _too_large(where: str, limit: int) -> Callable[[], UpstreamFailure]:
+    return lambda: _invalid(f"{where}: the answer is larger than {limit} bytes")
 
 
 def _invalid(message: str) -> UpstreamFailure:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from fanflow.dsl.checks import is_selector
 from fanflow.errors import FanflowError
 from fanflow.tools.base import Tool, coerce_parameters
 from fanflow.tools.catalog import ToolNotFound, active_catalog
@@ -20,14 +21,6 @@ from fanflow.variables import Lookup, render, resolve_or_none
 __all__ = ["check_tool", "resolve_tool_inputs", "tool_reads"]
 
 _INPUT_TYPES = ("mixed", "variable", "constant")
-
-
-def _is_selector(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) >= 2
-        and all(isinstance(part, str) and part for part in value)
-    )
 
 
 def _typed(entry: Any) -> bool:
@@ -52,7 +45,7 @@ def check_tool(data: Mapping[str, Any], problems: list[str]) -> None:
             problems.append(
                 f"tool_parameters.{name}.type must be mixed, variable or constant, got {kind!r}"
             )
-        elif kind == "variable" and not _is_selector(entry.get("value")):
+        elif kind == "variable" and not is_selector(entry.get("value")):
             problems.append(
                 f"tool_parameters.{name}.value must be a selector, got {entry.get('value')!r}"
             )
@@ -89,7 +82,7 @@ def _value(entry: Any, lookup: Lookup) -> Any:
         return entry  # a literal (tool_configurations before tool_node_version 2)
     value = entry["value"]
     if entry["type"] == "variable":
-        return resolve_or_none(lookup, value) if _is_selector(value) else None
+        return resolve_or_none(lookup, value) if is_selector(value) else None
     if entry["type"] == "mixed":
         return render(str(value if value is not None else ""), lookup)
     return value

@@ -14,7 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from fanflow.resilience.upstreams import UpstreamFailure
-from fanflow.tools.base import Tool, ToolCall, ToolError, ToolParameter, ToolResult
+from fanflow.tools.base import (
+    Tool,
+    ToolCall,
+    ToolParameter,
+    ToolResult,
+    not_configured,
+    param,
+)
 
 __all__ = ["SEARXNG_TOOLS", "TAVILY_TOOLS", "WIKIPEDIA_TOOLS"]
 
@@ -39,10 +46,8 @@ def _domains(value: Any) -> list[str] | None:
 
 async def _tavily_search(params: dict[str, Any], call: ToolCall) -> ToolResult:
     if not call.config.api_key:
-        raise ToolError(
-            f"{call.label}: provider tavily has no api key: give providers.tavily.api_key_env "
-            "in the tools file (FANFLOW_TOOLS_FILE)",
-            error_type="ToolProviderCredentialError",
+        raise not_configured(
+            call, "provider tavily has no api key: give providers.tavily.api_key_env"
         )
     payload = {
         "query": params["query"],
@@ -80,10 +85,8 @@ async def _tavily_search(params: dict[str, Any], call: ToolCall) -> ToolResult:
 
 async def _searxng_search(params: dict[str, Any], call: ToolCall) -> ToolResult:
     if not call.config.base_url:
-        raise ToolError(
-            f"{call.label}: provider searxng has no base_url: give providers.searxng.base_url "
-            "in the tools file (FANFLOW_TOOLS_FILE)",
-            error_type="ToolProviderCredentialError",
+        raise not_configured(
+            call, "provider searxng has no base_url: give providers.searxng.base_url"
         )
     query = {
         "q": params["query"],
@@ -108,20 +111,9 @@ async def _searxng_search(params: dict[str, Any], call: ToolCall) -> ToolResult:
 async def _wikipedia_search(params: dict[str, Any], call: ToolCall) -> ToolResult:
     language = str(params.get("language") or "en")
     api = f"{call.config.base_url or f'https://{language}.wikipedia.org'}/w/api.php"
-    found = (
-        await call.http.request(
-            "GET",
-            api,
-            params={
-                "action": "query",
-                "list": "search",
-                "srsearch": params["query"],
-                "srlimit": WIKIPEDIA_TOP_K,
-                "format": "json",
-            },
-        )
-    ).json()
-    hits = found.get("query", {}).get("search") if isinstance(found, dict) else None
+    hits = await _wiki_query(
+        call, api, "search", list="search", srsearch=params["query"], srlimit=WIKIPEDIA_TOP_K
+    )
     if not isinstance(hits, list):
         raise _malformed(call, "no `query.search` list")
     summaries = []
@@ -129,22 +121,9 @@ async def _wikipedia_search(params: dict[str, Any], call: ToolCall) -> ToolResul
         title = hit.get("title") if isinstance(hit, dict) else None
         if not title:
             continue
-        page = (
-            await call.http.request(
-                "GET",
-                api,
-                params={
-                    "action": "query",
-                    "prop": "extracts",
-                    "exintro": 1,
-                    "explaintext": 1,
-                    "redirects": 1,
-                    "titles": title,
-                    "format": "json",
-                },
-            )
-        ).json()
-        pages = page.get("query", {}).get("pages") if isinstance(page, dict) else None
+        pages = await _wiki_query(
+            call, api, "pages", prop="extracts", exintro=1, explaintext=1, redirects=1, titles=title
+        )
         if not isinstance(pages, dict):
             raise _malformed(call, "no `query.pages` mapping")
         for entry in pages.values():
@@ -154,10 +133,12 @@ async def _wikipedia_search(params: dict[str, Any], call: ToolCall) -> ToolResul
     return ToolResult().add_text(text)
 
 
-def _p(
-    name: str, kind: str = "string", *, required: bool = False, default: Any = None
-) -> ToolParameter:
-    return ToolParameter(name, kind, required=required, default=default)
+async def _wiki_query(call: ToolCall, api: str, part: str, **params: Any) -> Any:
+    """`action=query` of the MediaWiki API; its `query.<part>` (None when the answer has none)."""
+    found = (
+        await call.http.request("GET", api, params={"action": "query", **params, "format": "json"})
+    ).json()
+    return found.get("query", {}).get(part) if isinstance(found, dict) else None
 
 
 TAVILY_TOOLS = (
@@ -165,17 +146,17 @@ TAVILY_TOOLS = (
         "tavily_search",
         "Search the web with Tavily.",
         (
-            _p("query", required=True),
+            param("query", required=True),
             ToolParameter("search_depth", "select", default="basic", options=("basic", "advanced")),
             ToolParameter(
                 "topic", "select", default="general", options=("general", "news", "finance")
             ),
-            _p("max_results", "number", default=5),
-            _p("include_answer", "boolean", default=False),
-            _p("include_images", "boolean", default=False),
-            _p("include_raw_content", "boolean", default=False),
-            _p("include_domains"),
-            _p("exclude_domains"),
+            param("max_results", "number", default=5),
+            param("include_answer", "boolean", default=False),
+            param("include_images", "boolean", default=False),
+            param("include_raw_content", "boolean", default=False),
+            param("include_domains"),
+            param("exclude_domains"),
         ),
         _tavily_search,
     ),
@@ -185,10 +166,10 @@ SEARXNG_TOOLS = (
         "searxng_search",
         "Search with a SearXNG instance.",
         (
-            _p("query", required=True),
-            _p("search_type", default="general"),
-            _p("language"),
-            _p("time_range"),
+            param("query", required=True),
+            param("search_type", default="general"),
+            param("language"),
+            param("time_range"),
         ),
         _searxng_search,
     ),
@@ -197,7 +178,7 @@ WIKIPEDIA_TOOLS = (
     Tool(
         "wikipedia_search",
         "Search Wikipedia and answer with the top pages' summaries.",
-        (_p("query", required=True), _p("language", default="en")),
+        (param("query", required=True), param("language", default="en")),
         _wikipedia_search,
     ),
 )

@@ -17,7 +17,7 @@ from typing import Any
 
 from bs4 import BeautifulSoup
 
-from fanflow.tools.base import Tool, ToolCall, ToolError, ToolParameter, ToolResult
+from fanflow.tools.base import Tool, ToolCall, ToolError, ToolResult, not_configured, param
 
 __all__ = ["FIRECRAWL_TOOLS", "JINA_TOOLS", "WEBSCRAPER_TOOLS"]
 
@@ -86,10 +86,10 @@ def _json_param(value: Any, name: str, call: ToolCall) -> Any:
 
 async def _firecrawl_scrape(params: dict[str, Any], call: ToolCall) -> ToolResult:
     if not call.config.api_key and not call.config.base_url:
-        raise ToolError(
-            f"{call.label}: provider firecrawl has no api key: give providers.firecrawl.api_key"
-            "_env (or a self-hosted base_url) in the tools file (FANFLOW_TOOLS_FILE)",
-            error_type="ToolProviderCredentialError",
+        raise not_configured(
+            call,
+            "provider firecrawl has no api key: give providers.firecrawl.api_key_env "
+            "(or a self-hosted base_url)",
         )
     payload: dict[str, Any] = {
         "url": params["url"],
@@ -144,28 +144,22 @@ async def _webscraper(params: dict[str, Any], call: ToolCall) -> ToolResult:
     return ToolResult().add_text(f"URL: {params['url']}\nTITLE: {title}\nTEXT: {text}")
 
 
-def _p(
-    name: str, kind: str = "string", *, required: bool = False, default: Any = None
-) -> ToolParameter:
-    return ToolParameter(name, kind, required=required, default=default)
-
-
 JINA_TOOLS = (
     Tool(
         "jina_reader",
         "Read a web page as LLM-friendly text with Jina Reader.",
         (
-            _p("url", required=True),
-            _p("request_params"),
-            _p("target_selector"),
-            _p("wait_for_selector"),
-            _p("image_caption", "boolean", default=False),
-            _p("gather_all_links_at_the_end", "boolean", default=False),
-            _p("gather_all_images_at_the_end", "boolean", default=False),
-            _p("proxy_server"),
-            _p("no_cache", "boolean", default=False),
-            _p("summary", "boolean", default=False),
-            _p("max_retries", "number", default=3),
+            param("url", required=True),
+            param("request_params"),
+            param("target_selector"),
+            param("wait_for_selector"),
+            param("image_caption", "boolean", default=False),
+            param("gather_all_links_at_the_end", "boolean", default=False),
+            param("gather_all_images_at_the_end", "boolean", default=False),
+            param("proxy_server"),
+            param("no_cache", "boolean", default=False),
+            param("summary", "boolean", default=False),
+            param("max_retries", "number", default=3),
         ),
         _jina_reader,
     ),
@@ -175,17 +169,17 @@ FIRECRAWL_TOOLS = (
         "scrape",
         "Scrape one page into markdown with Firecrawl.",
         (
-            _p("url", required=True),
-            _p("formats", default="markdown"),
-            _p("onlyMainContent", "boolean", default=True),
-            _p("includeTags"),
-            _p("excludeTags"),
-            _p("headers"),
-            _p("waitFor", "number", default=0),
-            _p("timeout", "number", default=30000),
-            _p("schema"),
-            _p("systemPrompt"),
-            _p("prompt"),
+            param("url", required=True),
+            param("formats", default="markdown"),
+            param("onlyMainContent", "boolean", default=True),
+            param("includeTags"),
+            param("excludeTags"),
+            param("headers"),
+            param("waitFor", "number", default=0),
+            param("timeout", "number", default=30000),
+            param("schema"),
+            param("systemPrompt"),
+            param("prompt"),
         ),
         _firecrawl_scrape,
     ),
@@ -195,9 +189,9 @@ WEBSCRAPER_TOOLS = (
         "webscraper",
         "Fetch a web page and answer with its title and text.",
         (
-            _p("url", required=True),
-            _p("user_agent"),
-            _p("generate_summary", "boolean", default=False),
+            param("url", required=True),
+            param("user_agent"),
+            param("generate_summary", "boolean", default=False),
         ),
         _webscraper,
     ),
