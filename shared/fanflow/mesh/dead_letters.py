@@ -122,10 +122,10 @@ class DeadLetters:
                 DEAD_LETTERS.labels(source, "undecodable").inc()
                 envelopes.append(None)
                 continue
-            deliveries = deliveries_before_death(
+            delivered = deliveries_before_death(
                 delivery.headers, delivery_limit=self.topology.delivery_limit
             )
-            failure = dead_task_failure(task, deliveries=deliveries)
+            failure = dead_task_failure(task, deliveries=delivered)
             envelopes.append((task.run_id, Envelope(TaskFinished(failure), f"dead:{task.task_id}")))
         dispositions = await self.applier.apply_grouped(envelopes, source=source)
         settled = []
