@@ -72,7 +72,8 @@ async def async_run(
             result_key=result_key,
             duplicate_results=settings.fault_duplicate_results,
         )
-        await broker.declare()
+        if settings.declare_topology:
+            await broker.declare()
         listener = await worker.start(per_class)
         heartbeat = start_heartbeat("worker", settings.health_file, {"broker": broker.health})
         log.info(

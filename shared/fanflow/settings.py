@@ -186,6 +186,9 @@ class Settings(BaseSettings):
 
     # ---- topology ----
     delivery_limit: int = defaults.DELIVERY_LIMIT
+    #: declare exchanges, queues and bindings at start; false for a worker whose broker
+    #: user may not configure them (deploy/rabbitmq): it then needs them declared already
+    declare_topology: bool = True
 
     # ---- result signing (fanflow.mesh.signing): workers sign, the aggregator verifies ----
     #: the deployment's secret (>= 16 bytes); or a file holding it (a compose/k8s secret)
