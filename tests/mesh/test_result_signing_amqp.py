@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from fanflow.mesh.signing import ResultKey
+from fanflow.mesh.transport import Disposition
 from fanflow.messages import TaskResult, task_id_for
 from tests.mesh.conftest import MakeCluster
 
@@ -92,3 +93,41 @@ def test_services_refuse_to_start_without_a_key(tmp_path: Path) -> None:
         )
         assert done.returncode != 0
         assert b"FANFLOW_RESULT_KEY" in done.stderr, done.stderr[-2000:]
+
+
+async def test_a_code_node_returning_an_unencodable_string_fails_at_once(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    source = (EXAMPLES / "hello.yml").read_text()
+    assert source.count("greeting.upper()") == 1
+    poison = tmp_path / "poison.yml"
+    poison.write_text(source.replace("greeting.upper()", "chr(0xD800)"))  # a lone surrogate
+    cluster = await make_cluster("sqlite", workers=1)
+    app = await cluster.register(poison)
+    run_id = await cluster.start_run(app, {"name": "x"})
+    run = await cluster.wait(run_id)
+    assert run.status == "failed"
+    assert "cannot be sent" in (run.error or "") and CODE_NODE in (run.error or ""), run.error
+    # executed once: no redelivery ran the user code again
+    assert cluster.logs().count("its result cannot be encoded") == 1
+
+
+async def test_a_task_dead_lettered_by_the_broker_states_its_true_delivery_count(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = await make_cluster("sqlite", workers=0)
+    broker, topology = cluster.broker, cluster.topology
+    assert broker is not None
+    deliveries = 0
+
+    async def crash(body: bytes, headers: dict[str, object], redelivered: bool) -> Disposition:
+        nonlocal deliveries
+        deliveries += 1
+        return Disposition.REQUEUE  # as a worker dying mid-task leaves it
+
+    await broker.consume(topology.task_queue("code"), crash, prefetch=1)
+    app = await cluster.register(EXAMPLES / "hello.yml")
+    run = await cluster.wait(await cluster.start_run(app, {"name": "x"}))
+    assert run.status == "failed"
+    assert deliveries == topology.delivery_limit + 1
+    assert f"after {deliveries} deliveries" in (run.error or ""), run.error
