@@ -83,7 +83,7 @@ def rejected(key: ResultKey | None, delivery: Delivery, *, queue: str) -> bool:
         return False
     RESULTS_REJECTED.labels(queue, reason).inc()
     log.error(
-        "%s: dropping result %s (run %s per its headers): %s signature; forged, or signed "
+        "%s: dropping result %r (run %r per its headers): %s signature; forged, or signed "
         "with another deployment's FANFLOW_RESULT_KEY",
         queue,
         delivery.message_id,
