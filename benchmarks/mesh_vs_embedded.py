@@ -51,6 +51,7 @@ async def mesh(items: int, workers: int, directory: Path) -> float:
         "FANFLOW_AMQP_URL": AMQP_URL,
         "FANFLOW_NAMESPACE": namespace,
         "FANFLOW_DRAIN_TIMEOUT_S": "5",
+        "FANFLOW_RESULT_KEY": uuid.uuid4().hex,  # a fresh deployment key
     }
     store = await Store.open(database_url)
     topology = Topology(namespace=namespace)

@@ -2,6 +2,8 @@
 
 Checks first that RabbitMQ and the database answer (and says how to start what does not),
 then starts every service as `python -m fanflow.cli ...` with this process's settings,
+passes them one result key (FANFLOW_RESULT_KEY, generated for this run unless one is
+configured) so the aggregator applies only the results its workers signed,
 prefixes each output line with the process name, and prints a ready line once the
 trigger's /healthz answers. Ctrl-C or SIGTERM stops them all: SIGTERM each, wait up to the
 drain timeout, then SIGKILL. A child that dies on its own stops the others and makes the
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
+
+from pydantic import SecretStr
 
 from fanflow import Settings
 
@@ -125,6 +130,9 @@ class _Child:
 
 class _Mesh:
     def __init__(self, settings: Settings, *, port: int, workers: int) -> None:
+        if settings.result_key is None and settings.result_key_file is None:
+            # one secret per deployment: a fresh one for each `fanflow dev`
+            settings = settings.model_copy(update={"result_key": SecretStr(secrets.token_hex(32))})
         self.settings = settings
         self.port = port
         self._lock = threading.Lock()
@@ -147,7 +155,9 @@ class _Mesh:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         for name, value in self.settings.model_dump().items():
             key = f"FANFLOW_{name.upper()}"
-            if value is None:
+            if isinstance(value, SecretStr):
+                env[key] = value.get_secret_value()
+            elif value is None:
                 env.pop(key, None)
             elif isinstance(value, tuple | list):  # as the settings read them: comma-separated
                 env[key] = ",".join(str(entry) for entry in value)

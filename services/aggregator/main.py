@@ -25,13 +25,24 @@ log = logging.getLogger("fanflow.aggregator")
 
 async def async_run(settings: Settings, stop: asyncio.Event) -> None:
     topology = settings.topology()
+    try:
+        result_key = settings.result_signing_key()
+    except ValueError as exc:
+        raise SystemExit(f"aggregator: {exc}") from None
+    if result_key is None:
+        log.warning(
+            "INSECURE: unsigned results are applied (FANFLOW_INSECURE_UNSIGNED_RESULTS): "
+            "anything that reaches the broker can forge any run's result"
+        )
     store = await Store.open(settings.database_url)
     try:
         async with AmqpBroker(
             settings.amqp_url, topology=topology, connection_name="fanflow-aggregator"
         ) as broker:
             await broker.declare()
-            aggregator = Aggregator(store, broker, topology=topology, limits=settings.limits())
+            aggregator = Aggregator(
+                store, broker, topology=topology, limits=settings.limits(), result_key=result_key
+            )
             background = await aggregator.start(
                 batch_size=settings.aggregator_batch_size,
                 max_wait_s=settings.aggregator_batch_wait_s,

@@ -43,6 +43,12 @@ async def async_run(
     if unknown:
         raise SystemExit(f"unknown queue class(es) {unknown}; known: {', '.join(topology.classes)}")
     per_class = {cls: prefetch_for(settings, cls, prefetch=prefetch) for cls in queues}
+    try:
+        result_key = settings.result_signing_key()
+    except ValueError as exc:
+        raise SystemExit(f"worker: {exc}") from None
+    if result_key is None:
+        log.warning("INSECURE: results are published unsigned (FANFLOW_INSECURE_UNSIGNED_RESULTS)")
     async with (
         http_pool_from_settings(settings, concurrency=sum(per_class.values())) as http_pool,
         # the warm code sandbox: as many zygotes as code tasks run at once
@@ -60,9 +66,14 @@ async def async_run(
             return await execute_with_timeout(task, context, timeout_s=settings.task_timeout_s)
 
         worker = Worker(
-            broker, execute, topology=topology, duplicate_results=settings.fault_duplicate_results
+            broker,
+            execute,
+            topology=topology,
+            result_key=result_key,
+            duplicate_results=settings.fault_duplicate_results,
         )
-        await broker.declare()
+        if settings.declare_topology:
+            await broker.declare()
         listener = await worker.start(per_class)
         heartbeat = start_heartbeat("worker", settings.health_file, {"broker": broker.health})
         log.info(

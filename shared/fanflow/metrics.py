@@ -147,6 +147,14 @@ DEAD_LETTER_OUTCOMES = {
 }
 
 
+RESULTS_REJECTED = Counter(
+    "fanflow_results_rejected_total",
+    "Results the aggregator dropped unapplied because their signature was missing or wrong "
+    "(forged, or signed with another deployment's key).",
+    ["queue", "reason"],
+)
+
+
 def start_aggregator_series() -> None:
     """Create the aggregator's reliability series at 0: a counter first seen at 1 shows
     no increase, so alerts on the first dead letter or parked row would never fire."""
@@ -156,3 +164,6 @@ def start_aggregator_series() -> None:
         for outcome in outcomes:
             DEAD_LETTERS.labels(queue, outcome)
     OUTBOX_PARKED.labels("task")
+    for queue in ("results", "dead_results"):
+        for reason in ("missing", "bad"):
+            RESULTS_REJECTED.labels(queue, reason)

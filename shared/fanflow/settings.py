@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fanflow import defaults
@@ -17,6 +17,7 @@ DEFAULT_DATABASE_URL = defaults.DATABASE_URL
 
 if TYPE_CHECKING:
     from fanflow.dsl.limits import DslLimits
+    from fanflow.mesh.signing import ResultKey
     from fanflow.mesh.topology import Topology
     from fanflow.scheduler import Limits
 
@@ -185,6 +186,17 @@ class Settings(BaseSettings):
 
     # ---- topology ----
     delivery_limit: int = defaults.DELIVERY_LIMIT
+    #: declare exchanges, queues and bindings at start; false for a worker whose broker
+    #: user may not configure them (deploy/rabbitmq): it then needs them declared already
+    declare_topology: bool = True
+
+    # ---- result signing (fanflow.mesh.signing): workers sign, the aggregator verifies ----
+    #: the deployment's secret (>= 16 bytes); or a file holding it (a compose/k8s secret)
+    result_key: SecretStr | None = None
+    result_key_file: Path | None = None
+    #: run workers and aggregators with no key: unsigned results accepted, so anything that
+    #: reaches the broker can forge any run's result (a local experiment only)
+    insecure_unsigned_results: bool = False
 
     #: worker and aggregator: where to write the heartbeat `fanflow health FILE` reads
     #: (unset: none)
@@ -196,6 +208,29 @@ class Settings(BaseSettings):
         from fanflow.mesh.topology import Topology
 
         return Topology(namespace=self.namespace, delivery_limit=self.delivery_limit)
+
+    def result_signing_key(self) -> ResultKey | None:
+        """The deployment's result key; None only when insecure_unsigned_results is set.
+        ValueError naming the settings when no key is configured (or it is too short)."""
+        from fanflow.mesh.signing import ResultKey
+
+        secret: str | None = None
+        if self.result_key is not None:
+            secret = self.result_key.get_secret_value()
+        elif self.result_key_file is not None:
+            try:
+                secret = self.result_key_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"FANFLOW_RESULT_KEY_FILE {self.result_key_file}: {exc}") from exc
+        if secret:
+            return ResultKey(secret)
+        if self.insecure_unsigned_results:
+            return None
+        raise ValueError(
+            "no result key: set FANFLOW_RESULT_KEY (or FANFLOW_RESULT_KEY_FILE) to the same "
+            "secret on every worker and aggregator of this deployment, or "
+            "FANFLOW_INSECURE_UNSIGNED_RESULTS=true to accept forgeable unsigned results"
+        )
 
     def dsl_limits(self) -> DslLimits:
         """The size limits of an imported workflow file and its graph."""

@@ -31,12 +31,12 @@ COMPOSE = ROOT / "docker-compose.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "fanflow.json"
+RABBITMQ = ROOT / "deploy" / "rabbitmq"
 FANFLOW_SERVICES = ("trigger", "aggregator", "worker")
 #: services of `docker compose --profile demo up`, that run `fanflow` too
 DEMO_SERVICES = ("mock-llm",)
 COMMON_ENV = {
     "FANFLOW_DATABASE_URL": "postgresql+asyncpg://fanflow:fanflow@postgres:5432/fanflow",
-    "FANFLOW_AMQP_URL": "amqp://guest:guest@rabbitmq:5672/",
     "FANFLOW_ADMIN_TOKEN": "${FANFLOW_ADMIN_TOKEN:-change-me}",
 }
 #: series Prometheus itself adds to every target
@@ -77,6 +77,11 @@ def _option(argv: list[str], name: str) -> str:
 def _default(value: str) -> str:
     """`${VAR:-default}` → `default` (what compose uses when VAR is unset)."""
     return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def _required(value: str) -> str:
+    """`${VAR:?message}` → a stand-in value (compose refuses to start while VAR is unset)."""
+    return re.sub(r"\$\{(\w+):\?[^}]*\}", r"stand-in-\1-value", value)
 
 
 def _seconds(duration: str) -> float:
@@ -480,3 +485,114 @@ def test_grafana_provisioning_matches_compose() -> None:
     env = _env(grafana)
     assert env.get("GF_AUTH_ANONYMOUS_ENABLED") == "true"
     assert env.get("GF_AUTH_ANONYMOUS_ORG_ROLE") == "Viewer"
+
+
+# ---- broker credentials and permissions (deploy/rabbitmq) ----------------------------
+
+
+def _definitions() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((RABBITMQ / "definitions.json").read_text())
+    return loaded
+
+
+def _permission(user: str) -> dict[str, str]:
+    [entry] = [p for p in _definitions()["permissions"] if p["user"] == user]
+    return {k: str(entry[k]) for k in ("configure", "write", "read")}
+
+
+def _allows(pattern: str, name: str) -> bool:
+    return re.search(pattern, name) is not None  # RabbitMQ matches unanchored
+
+
+def test_no_guest_credentials_anywhere() -> None:
+    for path in (COMPOSE, *RABBITMQ.iterdir()):
+        assert "guest" not in path.read_text(encoding="utf-8").lower(), f"{path}: guest"
+    names = {user["name"] for user in _definitions()["users"]}
+    assert "guest" not in names
+    for name in FANFLOW_SERVICES:
+        url = _env(_services()[name])["FANFLOW_AMQP_URL"]
+        user, _, rest = url.removeprefix("amqp://").partition(":")
+        password = rest.rpartition("@")[0]
+        assert user == f"fanflow-{name}" and user in names, f"{name}: broker user {user}"
+        # the password comes from the environment, with no default
+        assert re.fullmatch(r"\$\{RABBITMQ_\w+_PASSWORD:\?[^}]*\}", password), f"{name}: {url}"
+        assert url.endswith("@rabbitmq:5672/fanflow")
+
+
+def test_the_worker_may_read_tasks_and_publish_results_only() -> None:
+    from fanflow.mesh.topology import Topology
+
+    topology = Topology(namespace="fanflow")
+    worker = _permission("fanflow-worker")
+    task_queues = [topology.task_queue(cls) for cls in topology.classes]
+    delay_queues = [topology.delay_queue(cls, 1000) for cls in topology.classes]
+    for name in [topology.tasks_exchange, *task_queues, *delay_queues, "amq.default",
+                 topology.results_queue, topology.dead_letter_exchange,
+                 topology.dead_tasks_queue, topology.events_exchange,
+                 topology.control_exchange]:  # fmt: skip
+        assert not _allows(worker["configure"], name), f"worker may configure {name}"
+        assert not _allows(worker["write"], name), f"worker may write to {name}"
+    for name in task_queues:
+        assert _allows(worker["read"], name), f"worker cannot consume {name}"
+    assert not _allows(worker["read"], topology.results_queue)
+    assert _allows(worker["write"], topology.result_route().exchange)
+    assert topology.result_route().exchange != ""  # never the default exchange
+    assert _allows(worker["read"], topology.control_exchange)
+    # its private control queue (server-named)
+    for kind in ("configure", "write", "read"):
+        assert _allows(worker[kind], "amq.gen-JzTY20BRgKO-HjmUJj0wLg")
+    # it may not declare: the compose worker leaves that to the aggregator
+    assert _env(_services()["worker"])["FANFLOW_DECLARE_TOPOLOGY"] == "false"
+    for name in ("trigger", "aggregator"):
+        rights = _permission(f"fanflow-{name}")
+        assert _allows(rights["write"], "amq.default")
+        for name_ in (topology.tasks_exchange, *task_queues):
+            assert _allows(rights["write"], name_) and _allows(rights["configure"], name_)
+
+
+def test_every_broker_user_has_a_required_password() -> None:
+    renderer = _services()["rabbitmq-definitions"]
+    env = _env(renderer)
+    for user in _definitions()["users"]:
+        variable = user["password_env"]
+        assert re.fullmatch(rf"\$\{{{variable}:\?[^}}]*\}}", env.get(variable, "")), variable
+    rabbit = _services()["rabbitmq"]
+    condition = rabbit["depends_on"]["rabbitmq-definitions"]["condition"]
+    assert condition == "service_completed_successfully"
+    conf = (RABBITMQ / "rabbitmq.conf").read_text()
+    mounted = {v.split(":")[1] for v in rabbit["volumes"] if "rabbitmq-definitions" in v}
+    assert any(f"definitions.local.path = {m}/definitions.json" in conf for m in mounted)
+
+
+def test_the_result_key_is_required_by_worker_and_aggregator() -> None:
+    for name in ("worker", "aggregator"):
+        value = _env(_services()[name]).get("FANFLOW_RESULT_KEY", "")
+        assert re.fullmatch(r"\$\{FANFLOW_RESULT_KEY:\?[^}]*\}", value), f"{name}: {value!r}"
+
+
+def test_rendered_definitions_hash_each_password(tmp_path: Path) -> None:
+    import base64
+    import hashlib
+
+    env = {user["password_env"]: f"pw-{user['name']}-123456" for user in _definitions()["users"]}
+    out = tmp_path / "definitions.json"
+    done = subprocess.run(
+        [sys.executable, str(RABBITMQ / "render_definitions.py"),
+         str(RABBITMQ / "definitions.json"), str(out)],
+        env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rendered = json.loads(out.read_text())
+    assert "password" not in out.read_text().replace("password_hash", "")
+    for user in rendered["users"]:
+        raw = base64.b64decode(user["password_hash"])
+        salt, digest = raw[:4], raw[4:]
+        password = f"pw-{user['name']}-123456"
+        assert digest == hashlib.sha256(salt + password.encode()).digest()
+        assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    missing = subprocess.run(
+        [sys.executable, str(RABBITMQ / "render_definitions.py"),
+         str(RABBITMQ / "definitions.json"), str(tmp_path / "x.json")],
+        env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "RABBITMQ_ADMIN_PASSWORD" in missing.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -81,6 +82,8 @@ class Cluster:
         self.log_dir = log_dir
         self.namespace = namespace or f"fanflow-mesh-{uuid.uuid4().hex[:10]}"
         self.topology = Topology(namespace=self.namespace)
+        #: the deployment's result key (fanflow.mesh.signing): its workers and aggregators
+        self.result_key = secrets.token_hex(32)
         self.env = dict(env or {})
         self.services: list[Service] = []
         self.store: Store | None = None
@@ -124,6 +127,7 @@ class Cluster:
             FANFLOW_NAMESPACE=self.namespace,
             # a test's teardown should not wait 30 s for a task left sleeping
             FANFLOW_DRAIN_TIMEOUT_S="5",
+            FANFLOW_RESULT_KEY=self.result_key,
         )
         env.update(self.env)
         env.update(extra)

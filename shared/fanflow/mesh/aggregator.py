@@ -28,6 +28,7 @@ from fanflow.mesh.dead_letters import DEAD_LETTERED, DeadLetters, dead_task_fail
 from fanflow.mesh.driver import KIND_TASK, Envelope, RunDriver
 from fanflow.mesh.relay import OutboxRelay
 from fanflow.mesh.run_apps import RunApps
+from fanflow.mesh.signing import ResultKey, rejected
 from fanflow.mesh.topology import Topology
 from fanflow.mesh.transport import Broker, BrokerError, Delivery, Disposition, Unroutable
 from fanflow.messages import NodeTask, TaskResult
@@ -63,17 +64,22 @@ class Aggregator:
         *,
         topology: Topology,
         limits: Limits,
+        result_key: ResultKey | None = None,
         runs_in_parallel: int = RUNS_IN_PARALLEL,
     ) -> None:
         self.store = store
         self.broker = broker
         self.topology = topology
         self.limits = limits
+        #: results must be signed with it (None: unsigned results are applied too)
+        self.result_key = result_key
         self.runs_in_parallel = runs_in_parallel
         self.driver = RunDriver(store, topology, limits=limits)
         self.relay = OutboxRelay(store, broker, on_unroutable=self.park_unroutable)
         self.apps = RunApps(store)
-        self.dead_letters = DeadLetters(self, broker, topology, pause_s=REQUEUE_BACKOFF_S)
+        self.dead_letters = DeadLetters(
+            self, broker, topology, pause_s=REQUEUE_BACKOFF_S, result_key=result_key
+        )
         #: set when the process stops: a batch held for the database goes back to its queue
         self.stopping = asyncio.Event()
         start_aggregator_series()
@@ -116,7 +122,12 @@ class Aggregator:
     async def handle_results(self, deliveries: Sequence[Delivery]) -> list[Disposition]:
         AGGREGATOR_BATCH.observe(len(deliveries))
         envelopes: list[tuple[str, Envelope] | None] = []
-        for delivery in deliveries:
+        dropped: list[int] = []  # unsigned or forged: acknowledged, never applied
+        for position, delivery in enumerate(deliveries):
+            if rejected(self.result_key, delivery, queue="results"):
+                dropped.append(position)
+                envelopes.append(None)
+                continue
             try:
                 result = TaskResult.decode(delivery.body)
             except DecodeError:
@@ -125,7 +136,10 @@ class Aggregator:
                 continue
             message_id = delivery.message_id or self.topology.result_message_id(result.task_id)
             envelopes.append((result.run_id, Envelope(TaskFinished(result), message_id)))
-        return await self.apply_grouped(envelopes, source="results")
+        dispositions = await self.apply_grouped(envelopes, source="results")
+        for position in dropped:
+            dispositions[position] = Disposition.ACK
+        return dispositions
 
     async def handle_dead_tasks(self, deliveries: Sequence[Delivery]) -> list[Disposition]:
         """A task the broker gave up on fails its node (`DeadLetters.handle_tasks`)."""

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from fanflow.errors import DecodeError
 from fanflow.mesh.driver import Envelope
+from fanflow.mesh.signing import ResultKey, rejected
 from fanflow.mesh.topology import Topology
 from fanflow.mesh.transport import Broker, Delivery, Disposition, Publish
 from fanflow.messages import NodeTask, TaskResult
@@ -29,6 +30,31 @@ log = logging.getLogger("fanflow.aggregator")
 DEAD_LETTERED = "DeadLettered"
 #: a header counting how often a dead task that failed to apply was put back
 HEADER_DEAD_RETRIES = "fanflow-dead-retries"
+#: how often the broker delivered a dead task before dead-lettering it, kept when put back
+#: (the put-back copy has no x-death, and the dead queue counts its own deliveries)
+HEADER_DEAD_DELIVERIES = "fanflow-dead-deliveries"
+
+
+def deliveries_before_death(headers: Mapping[str, Any], *, delivery_limit: int) -> int | None:
+    """How often the broker delivered a dead task before dead-lettering it, or None when
+    the headers do not tell (a worker rejected it).
+
+    The dead queue's own x-delivery-count restarts at 0, and RabbitMQ keeps no count in
+    x-death; but a task dead-lettered for reason ``delivery_limit`` was delivered exactly
+    the first time plus `delivery_limit` redeliveries (both brokers agree).
+    """
+    carried = headers.get(HEADER_DEAD_DELIVERIES)
+    if isinstance(carried, int) and carried > 0:
+        return carried
+    deaths = headers.get("x-death")
+    if (
+        isinstance(deaths, list)
+        and deaths
+        and isinstance(deaths[0], Mapping)
+        and deaths[0].get("reason") == "delivery_limit"
+    ):
+        return delivery_limit + 1
+    return None
 
 
 class Applier(Protocol):
@@ -37,11 +63,16 @@ class Applier(Protocol):
     ) -> list[Disposition]: ...
 
 
-def dead_task_failure(task: NodeTask, *, deliveries: int) -> TaskResult:
-    """The result of a task the broker gave up on after `deliveries` deliveries."""
+def dead_task_failure(task: NodeTask, *, deliveries: int | None) -> TaskResult:
+    """The result of a task the broker gave up on after `deliveries` deliveries (None: a
+    worker rejected it)."""
+    why = (
+        f"after {deliveries} deliveries (each time its worker crashed or failed before settling it)"
+        if deliveries is not None
+        else "(a worker rejected it as undecodable)"
+    )
     return task.failed(
-        f"{task.node_id} ({task.node_title}): the task was dead-lettered after "
-        f"{deliveries} deliveries (a worker crashed or rejected it)",
+        f"{task.node_id} ({task.node_title}): the task was dead-lettered {why}",
         error_type=DEAD_LETTERED,
         retryable=False,
     )
@@ -65,9 +96,17 @@ class DeadLetters:
     """The handlers of the dead-task and dead-result queues, applying through `applier`."""
 
     def __init__(
-        self, applier: Applier, broker: Broker, topology: Topology, *, pause_s: float
+        self,
+        applier: Applier,
+        broker: Broker,
+        topology: Topology,
+        *,
+        pause_s: float,
+        result_key: ResultKey | None = None,
     ) -> None:
         self.applier = applier
+        #: dead results must be signed too: the dead-letter exchange is reachable as well
+        self.result_key = result_key
         self.broker = broker
         self.topology = topology
         self.pause_s = pause_s
@@ -83,7 +122,10 @@ class DeadLetters:
                 DEAD_LETTERS.labels(source, "undecodable").inc()
                 envelopes.append(None)
                 continue
-            failure = dead_task_failure(task, deliveries=delivery.delivery_count + 1)
+            delivered = deliveries_before_death(
+                delivery.headers, delivery_limit=self.topology.delivery_limit
+            )
+            failure = dead_task_failure(task, deliveries=delivered)
             envelopes.append((task.run_id, Envelope(TaskFinished(failure), f"dead:{task.task_id}")))
         dispositions = await self.applier.apply_grouped(envelopes, source=source)
         settled = []
@@ -103,6 +145,11 @@ class DeadLetters:
         await asyncio.sleep(self.pause_s)
         retries = int(delivery.headers.get(HEADER_DEAD_RETRIES, 0) or 0) + 1
         headers = {k: v for k, v in delivery.headers.items() if not k.startswith("x-")}
+        deliveries = deliveries_before_death(
+            delivery.headers, delivery_limit=self.topology.delivery_limit
+        )
+        if deliveries is not None:
+            headers[HEADER_DEAD_DELIVERIES] = deliveries
         again = Publish(
             "",
             self.topology.dead_tasks_queue,
@@ -126,6 +173,9 @@ class DeadLetters:
         source = "dead_results"  # the metrics' label
         results: list[TaskResult | None] = []
         for delivery in deliveries:
+            if rejected(self.result_key, delivery, queue=source):
+                results.append(None)  # logged and counted; acknowledged below
+                continue
             try:
                 results.append(TaskResult.decode(delivery.body))
             except DecodeError:

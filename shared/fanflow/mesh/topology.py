@@ -8,7 +8,9 @@ The shape:
 
 - ``{ns}.tasks`` (direct): routing key = node class; one quorum queue ``{ns}.tasks.{class}``
   per class, with a delivery limit and dead-lettering (at-least-once) to ``{ns}.dlx``.
-- ``{ns}.results`` (quorum queue, published through the default exchange), same limits.
+- ``{ns}.results`` (quorum queue), same limits, published through ``{ns}.results.in``
+  (direct, key ``results``): workers need write permission on that exchange only, not on
+  the default exchange, which reaches every queue (deploy/rabbitmq: per-service users).
 - ``{ns}.dlx`` (direct): key ``tasks`` → ``{ns}.dead.tasks``, key ``results`` →
   ``{ns}.dead.results``. The aggregator turns each dead task into a failed TaskResult: the
   body is the task itself, its class and run are in the ``fanflow-*`` headers and the
@@ -43,6 +45,8 @@ MAX_DELAY_MS = defaults.MAX_DELAY_MS
 
 DLX_KEY_TASKS = "tasks"
 DLX_KEY_RESULTS = "results"
+#: the routing key of results on the results exchange
+RESULTS_KEY = "results"
 
 #: headers set on every task, kept through dead-lettering (the broker only appends x-death)
 HEADER_KIND = "fanflow-kind"
@@ -133,6 +137,7 @@ class Topology:
 
     tasks_exchange = _Name("tasks")
     results_queue = _Name("results")
+    results_exchange = _Name("results.in")
     events_exchange = _Name("events")
     control_exchange = _Name("control")
     dead_letter_exchange = _Name("dlx")
@@ -161,7 +166,7 @@ class Topology:
         return Route(self.tasks_exchange, self.class_for(node_type))
 
     def result_route(self) -> Route:
-        return Route("", self.results_queue)
+        return Route(self.results_exchange, RESULTS_KEY)
 
     def event_route(self, run_id: str, event: str) -> Route:
         return Route(self.events_exchange, f"run.{_word(run_id, 'run_id')}.{_word(event, 'event')}")
@@ -210,6 +215,7 @@ class Topology:
             ExchangeSpec(self.events_exchange, "topic"),
             ExchangeSpec(self.control_exchange, "fanout"),
             ExchangeSpec(self.dead_letter_exchange, "direct"),
+            ExchangeSpec(self.results_exchange, "direct"),
         )
 
     def queues(self) -> tuple[QueueSpec, ...]:
@@ -228,6 +234,7 @@ class Topology:
             BindingSpec(self.dead_tasks_queue, dlx, DLX_KEY_TASKS),
             BindingSpec(self.dead_results_queue, dlx, DLX_KEY_RESULTS),
             *(BindingSpec(self.task_queue(c), self.tasks_exchange, c) for c in self.classes),
+            BindingSpec(self.results_queue, self.results_exchange, RESULTS_KEY),
         )
 
     def delay_queue_spec(self, cls: str, delay_ms: int) -> QueueSpec:

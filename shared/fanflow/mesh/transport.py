@@ -361,14 +361,22 @@ class Broker:
             delay_ms=delay_ms,
         )
 
-    async def publish_result(self, result: TaskResult) -> None:
+    async def publish_result(
+        self,
+        result: TaskResult,
+        *,
+        body: bytes | None = None,
+        signature: Mapping[str, str] | None = None,
+    ) -> None:
+        """Publish a result; `body` is its encoding when the caller already made it, and
+        `signature` the headers that sign it (`fanflow.mesh.signing`)."""
         route = self.topology.result_route()
         await self.publish_raw(
             route.exchange,
             route.routing_key,
-            result.encode(),
+            result.encode() if body is None else body,
             message_id=self.topology.result_message_id(result.task_id),
-            headers=self.topology.result_headers(result),
+            headers={**self.topology.result_headers(result), **(signature or {})},
         )
 
     async def publish_event(self, run_id: str, event_name: str, payload: dict[str, Any]) -> None:

@@ -1,8 +1,13 @@
 """The worker's logic: node tasks in, executed, results out; stop broadcasts honoured.
 
 Holds no database connection: a task carries everything it needs. A task of a run that a
-stop broadcast named is dropped (queued) or cancelled (running). Works over either broker
-(`AmqpBroker`, `MemoryBroker`); the service only wires it up (pools, sandbox, signals).
+stop broadcast named is dropped (queued) or cancelled (running). Each result is signed with
+the deployment's `ResultKey` (`fanflow.mesh.signing`; None: unsigned, which the services
+allow only with FANFLOW_INSECURE_UNSIGNED_RESULTS). A result that cannot be encoded (outputs
+JSON cannot carry: a lone surrogate, bytes that are not UTF-8, an unknown type) is replaced
+by a failure of its node at once, so the task is not redelivered and the code not run
+again. Works over either broker (`AmqpBroker`, `MemoryBroker`); the service only wires it
+up (pools, sandbox, signals).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fanflow.mesh.signing import ResultKey
 from fanflow.mesh.topology import HEADER_READY_AT, Topology
 from fanflow.mesh.transport import Broker, Disposition
 from fanflow.messages import NodeTask, TaskResult
@@ -31,12 +37,14 @@ Execute = Callable[[NodeTask], Coroutine[Any, Any, TaskResult]]
 class Worker:
     """Runs the tasks `broker` delivers with `execute` and publishes their results.
 
-    `duplicate_results` publishes every result twice (fault injection for tests).
+    `result_key` signs every result (None: unsigned); `duplicate_results` publishes every
+    result twice (fault injection for tests).
     """
 
     broker: Broker
     execute: Execute
     topology: Topology
+    result_key: ResultKey | None = None
     duplicate_results: bool = False
     _stopped: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False)
     _running: dict[str, set[asyncio.Task[TaskResult]]] = field(default_factory=dict, init=False)
@@ -89,11 +97,36 @@ class Worker:
                 if not running:
                     del self._running[task.run_id]
         NODE_DURATION.labels(task.node_type).observe(time.monotonic() - started)
+        result, body = encode_result(task, result)
         NODE_EXECUTIONS.labels(task.node_type, result.status).inc()
-        await self.broker.publish_result(result)
-        if self.duplicate_results:
-            await self.broker.publish_result(result)
+        signature = self.result_key.headers(body) if self.result_key is not None else None
+        for _ in range(2 if self.duplicate_results else 1):
+            await self.broker.publish_result(result, body=body, signature=signature)
         return Disposition.ACK
+
+
+#: the error type of a result replaced because it could not be encoded
+UNENCODABLE_RESULT = "UnencodableResult"
+
+
+def encode_result(task: NodeTask, result: TaskResult) -> tuple[TaskResult, bytes]:
+    """The result and its encoding; a result JSON cannot carry becomes a failure of the
+    node naming why (final: running the code again would give the same outputs)."""
+    try:
+        return result, result.encode()
+    except ValueError as exc:  # pydantic's PydanticSerializationError is a ValueError
+        reason = str(exc).splitlines()[0][:300]
+        log.warning("task %s: its result cannot be encoded (%s); failing the node", task.task_id,
+                    reason)  # fmt: skip
+        failure = task.failed(
+            f"{task.node_id} ({task.node_title}): its {result.status} result cannot be sent: "
+            f"the outputs hold a value JSON cannot carry ({reason}); expected JSON values "
+            "(strings of valid Unicode, numbers, booleans, null, lists, objects)",
+            error_type=UNENCODABLE_RESULT,
+            retryable=False,
+            elapsed_s=result.elapsed_s,
+        )
+        return failure, failure.encode()
 
 
 def _observe_queue_wait(cls: str, headers: dict[str, Any]) -> None:
