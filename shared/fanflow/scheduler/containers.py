@@ -18,6 +18,7 @@ from fanflow.scheduler.state import (
     child_scope_key,
     frame_key,
 )
+from fanflow.scheduler.tolerance import tolerance_of
 from fanflow.variables import Lookup, resolve_or_none, walk_path
 from fanflow.workflow import Node
 
@@ -139,6 +140,9 @@ def _close_item(step: _Step, scope: Scope, node: Node) -> None:
     elif mode == "remove-abnormal-output":
         state.exceptions_count += 1
         step.out.append(RecordItem(key, scope.index, None, removed=True))
+    elif frame.failure is None and _tolerated(frame, node, scope.index, scope.failure):
+        state.exceptions_count += 1
+        step.out.append(RecordItem(key, scope.index, None))
     elif frame.failure is None:
         frame.failure = scope.failure
     drop_scope(step, scope.key)
@@ -160,6 +164,26 @@ def _close_item(step: _Step, scope: Scope, node: Node) -> None:
         step.out.append(CollectItems(key, frame.count))
 
 
+def _tolerated(frame: IterationFrame, node: Node, index: int, failure: Failure) -> bool:
+    """Record a failed item within the iteration's `fanflow` tolerance; False once the
+    failures cross it (the frame's failure then says by how much)."""
+    tolerance = tolerance_of(node.data)
+    if tolerance is None:
+        return False
+    allowed = tolerance.allowed(frame.count)
+    failed = len(frame.tolerated) + 1
+    if failed <= allowed:
+        frame.tolerated.append({"index": index, "error": failure.error})
+        return True
+    frame.failure = Failure(
+        node.id,
+        f"{node.label()}: {failed} of {frame.count} items failed, more than the tolerated "
+        f"{allowed}; item {index}: {failure.error}",
+        "ToleratedFailuresExceeded",
+    )
+    return False
+
+
 def on_items_collected(step: _Step, event: ItemsCollected) -> None:
     state = step.state
     frame = state.iterations.get(event.iteration)
@@ -175,7 +199,10 @@ def on_items_collected(step: _Step, event: ItemsCollected) -> None:
     if frame.answer is not None:
         step.respond(parent, answer=frame.answer)
     step.emit("iteration_completed", parent, node, status="succeeded", count=frame.count)
-    step.node_succeeded(parent, node, {"output": outputs})
+    result: dict[str, Any] = {"output": outputs}
+    if tolerance_of(node.data) is not None:
+        result["failed_items"] = list(frame.tolerated)
+    step.node_succeeded(parent, node, result)
 
 
 def _flatten(outputs: list[Any]) -> list[Any]:

@@ -80,6 +80,8 @@ class IterationFrame:
     #: the last round's answer reaches the run's outputs (every round's text is streamed)
     answer: str | None = None
     answer_index: int = -1
+    #: items that failed within the iteration's `fanflow` tolerance: {index, error}
+    tolerated: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
