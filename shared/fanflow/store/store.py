@@ -20,6 +20,7 @@ from fanflow.scheduler.state import RUNNING
 from fanflow.store._engine import make_engine, write_transaction
 from fanflow.store._statements import statements_for
 from fanflow.store.conversations import Conversations
+from fanflow.store.idempotency import IdempotencyKeys
 from fanflow.store.migrate import upgrade
 from fanflow.store.records import (
     AppBusy,
@@ -69,6 +70,7 @@ def _run(row: Row[Any]) -> RunRecord:
         elapsed_time=row.elapsed_time,
         version=row.version,
         state=None if state is None else bytes(state),
+        redrive_count=row._mapping.get("redrive_count") or 0,
     )
 
 
@@ -89,6 +91,8 @@ class Store:
         self.engine = engine
         #: chatflow conversations, their messages and variables
         self.conversations = Conversations(engine)
+        #: `Idempotency-Key` claims of submits, callback deliveries of async runs
+        self.idempotency = IdempotencyKeys(engine)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, **engine_options: Any) -> Store:
