@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 class Upstream:
     url: str = ""
     failing: set[int] = field(default_factory=set)
+    #: a failing item's connection is reset after this long (lets the other items finish)
+    fail_delay_s: float = 0.0
     requests: Counter[str] = field(default_factory=Counter)
     #: paths whose caller closed the connection before the answer
     hung_up: list[str] = field(default_factory=list)
@@ -45,6 +47,7 @@ class Upstream:
             closed.cancel()
             body = f"slow {value}".encode()
         elif int(value) in self.failing:
+            await asyncio.sleep(self.fail_delay_s)
             writer.transport.abort()  # no answer: the caller sees the connection reset
             return
         else:

@@ -102,13 +102,25 @@ def _start_iteration(step: _Step, scope: Scope, node: Node) -> None:
         step.node_succeeded(scope, node, {"output": []})
         return
     frame = IterationFrame(scope=scope.key, node_id=node.id, count=len(items))
-    step.state.iterations[frame_key(scope.key, node.id)] = frame
+    key = frame_key(scope.key, node.id)
+    step.state.iterations[key] = frame
+    # a redrive: the items done before it are in the item store already
+    frame.skip = step.state.redrive_skip.pop(key, [])
     _fill_window(step, frame, node, items)
+    if not frame.active and frame.done >= frame.count and not frame.collecting:
+        frame.collecting = True
+        step.out.append(CollectItems(key, frame.count))
 
 
 def _fill_window(step: _Step, frame: IterationFrame, node: Node, items: Sequence[Any]) -> None:
     window = _window(node)
     while frame.failure is None and len(frame.active) < window and frame.next_index < frame.count:
+        if frame.skipped < len(frame.skip) and frame.skip[frame.skipped] <= frame.next_index:
+            if frame.skip[frame.skipped] == frame.next_index:
+                frame.next_index += 1
+                frame.done += 1
+            frame.skipped += 1
+            continue
         index = frame.next_index
         frame.next_index += 1
         frame.active.append(index)

@@ -79,6 +79,8 @@ runs = Table(
     Column("version", Integer, nullable=False),
     # how often `redrive` restarted the run from its failed nodes (migration 0004)
     Column("redrive_count", Integer, nullable=False, server_default="0"),
+    # when the last redrive began: the run's deadline counts from it
+    Column("redriven_at", Float, nullable=True),
     Index("ix_runs_app_created", "app_id", "created_at"),
     Index("ix_runs_app_status", "app_id", "status"),
     # the aggregators' deadline sweep: running runs, oldest first

@@ -358,7 +358,10 @@ class Store:
         """Ids of runs still running that were created before `created_before` (deadlines)."""
         statement = (
             select(runs.c.id)
-            .where(runs.c.status == RUNNING, runs.c.created_at < created_before)
+            .where(
+                runs.c.status == RUNNING,
+                func.coalesce(runs.c.redriven_at, runs.c.created_at) < created_before,
+            )
             .order_by(runs.c.created_at)
             .limit(limit)
         )

@@ -55,10 +55,12 @@ def upgrade() -> None:
     op.add_column(
         "runs", sa.Column("redrive_count", sa.Integer(), nullable=False, server_default="0")
     )
+    op.add_column("runs", sa.Column("redriven_at", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("runs") as batch:
+        batch.drop_column("redriven_at")
         batch.drop_column("redrive_count")
     op.drop_index("ix_callback_deliveries_run_id", table_name="callback_deliveries")
     op.drop_table("callback_deliveries")
