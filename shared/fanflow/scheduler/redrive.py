@@ -48,8 +48,16 @@ def iterations_to_redrive(workflow: Workflow, state: RunState) -> list[str]:
     return [
         frame_key("", node_id)
         for node_id, record in root.nodes.items()
-        if record.status in _RERUN and workflow.nodes[node_id].type == "iteration"
+        if record.status in _RERUN
+        and workflow.nodes[node_id].type == "iteration"
+        and not _lost_race(workflow, root.edges, node_id)
     ]
+
+
+def _lost_race(workflow: Workflow, edges: Mapping[str, str], node_id: str) -> bool:
+    """A node stopped by a race join (`race`): its outgoing edges were skipped then."""
+    out = workflow.out_edges.get(node_id, ())
+    return bool(out) and all(edge.id in edges for edge in out)
 
 
 def task_suffix(state: RunState) -> str:
@@ -74,7 +82,11 @@ def redrive(step: _Step, done_items: Mapping[str, Iterable[int]]) -> None:
     state.loops.clear()
     root = state.scopes[""]
     root.failure = None
-    rerun = [node_id for node_id, record in root.nodes.items() if record.status in _RERUN]
+    rerun = [
+        node_id
+        for node_id, record in root.nodes.items()
+        if record.status in _RERUN and not _lost_race(step.workflow, root.edges, node_id)
+    ]
     for node_id in rerun:
         del root.nodes[node_id]
     state.redrive_skip = {key: sorted(set(indexes)) for key, indexes in done_items.items()}
