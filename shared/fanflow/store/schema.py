@@ -232,3 +232,26 @@ callback_deliveries = Table(
     Column("delivered", Boolean, nullable=False),
     Column("at", Float, nullable=False),
 )
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("app_id", ForeignKey("apps.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("end_user", String, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+batch_rows = Table(
+    "batch_rows",
+    metadata,
+    Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("row_index", Integer, primary_key=True),
+    Column("inputs", JSON, nullable=False),
+    # pending, running, then the run's end status (or `invalid`: its inputs were refused)
+    Column("status", String(32), nullable=False),
+    Column("run_id", String, nullable=True),
+    Column("error", Text, nullable=True),
+)

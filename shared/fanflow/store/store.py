@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from fanflow.scheduler.state import RUNNING
 from fanflow.store._engine import make_engine, write_transaction
 from fanflow.store._statements import statements_for
+from fanflow.store.batches import Batches
 from fanflow.store.conversations import Conversations
 from fanflow.store.idempotency import IdempotencyKeys
 from fanflow.store.migrate import upgrade
@@ -93,6 +94,8 @@ class Store:
         self.conversations = Conversations(engine)
         #: `Idempotency-Key` claims of submits, callback deliveries of async runs
         self.idempotency = IdempotencyKeys(engine)
+        #: batch runs: one run per row of an uploaded file
+        self.batches = Batches(engine)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, **engine_options: Any) -> Store:

@@ -1,5 +1,5 @@
-"""run lifecycle: idempotency keys of submits, callback deliveries of async runs, the redrive
-count of a run
+"""run lifecycle: idempotency keys of submits, callback deliveries of async runs, batches
+and their rows, the redrive count of a run
 
 Revision ID: 0004
 Revises: 0003
@@ -50,6 +50,33 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_callback_deliveries"),
     )
     op.create_index("ix_callback_deliveries_run_id", "callback_deliveries", ["run_id"])
+    op.create_table(
+        "batches",
+        sa.Column("id", sa.String(36), nullable=False),
+        sa.Column("app_id", sa.String(36), nullable=False),
+        sa.Column("end_user", sa.String(), nullable=False),
+        sa.Column("concurrency", sa.Integer(), nullable=False),
+        sa.Column("total", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.Float(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["app_id"], ["apps.id"], name="fk_batches_app_id_apps", ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name="pk_batches"),
+    )
+    op.create_index("ix_batches_app_id", "batches", ["app_id"])
+    op.create_table(
+        "batch_rows",
+        sa.Column("batch_id", sa.String(36), nullable=False),
+        sa.Column("row_index", sa.Integer(), nullable=False),
+        sa.Column("inputs", sa.JSON(), nullable=False),
+        sa.Column("status", sa.String(32), nullable=False),
+        sa.Column("run_id", sa.String(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["batch_id"], ["batches.id"], name="fk_batch_rows_batch_id_batches", ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("batch_id", "row_index", name="pk_batch_rows"),
+    )
     # a plain ALTER TABLE ADD COLUMN on both (a batch copy of `runs` on SQLite would drop
     # the table, and with foreign keys on, cascade to its node executions)
     op.add_column(
@@ -64,4 +91,7 @@ def downgrade() -> None:
         batch.drop_column("redrive_count")
     op.drop_index("ix_callback_deliveries_run_id", table_name="callback_deliveries")
     op.drop_table("callback_deliveries")
+    op.drop_table("batch_rows")
+    op.drop_index("ix_batches_app_id", table_name="batches")
+    op.drop_table("batches")
     op.drop_table("idempotency_keys")
