@@ -33,7 +33,7 @@ async def test_a_redrive_reruns_only_the_failed_items(
     async with running_upstream() as upstream:
         upstream.failing = {17, 88, 131}
         # the failing items answer last, so every other item ran before the iteration failed
-        upstream.fail_delay_s = 1.5
+        upstream.fail_delay_s = 3.0
         body = {"inputs": {"n": ITEMS, "upstream": upstream.url}, "user": "u"}
         body["response_mode"] = "blocking"
         response = await server.http.post(RUN, json=body, headers=bearer(key))
