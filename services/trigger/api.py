@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fanflow_services.trigger import payloads
+from fanflow_services.trigger import async_runs, callbacks, payloads
 from fanflow_services.trigger.bodies import read_json_object
 from fanflow_services.trigger.context import Trigger, get_trigger
 from fanflow_services.trigger.errors import (
@@ -74,9 +74,12 @@ class RunBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     inputs: dict[str, Any]
-    response_mode: Literal["blocking", "streaming"] = "blocking"
+    #: `async` (fanflow): 202 with the run id at once (`async_runs`)
+    response_mode: Literal["blocking", "streaming", "async"] = "blocking"
     user: str
     files: list[dict[str, Any]] | None = None
+    #: fanflow: an async run's `workflow_finished` is POSTed here, signed (`callbacks`)
+    callback_url: str | None = None
 
 
 def _parse_run_body(raw: dict[str, Any]) -> RunBody:
@@ -120,7 +123,9 @@ def _json_body(model: type[BaseModel]) -> dict[str, Any]:
         200: {
             "description": "`blocking`: the finished run; `streaming`: its events (SSE)",
             "content": {"application/json": {}, "text/event-stream": {}},
-        }
+        },
+        202: {"description": "`async` (fanflow): the run's id; it goes on"},
+        409: {"description": "`Idempotency-Key` used with another body (fanflow)"},
     },
 )
 async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> Any:
@@ -133,17 +138,36 @@ async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> An
     if trigger.events.shutting_down:
         raise ApiError(503, "service_unavailable", "the trigger is shutting down; retry")
     max_running = settings.app_max_active_runs
-    # a cheap early answer; the count that decides is atomic with the run's creation
-    if await patiently(lambda: trigger.store.count_running(app.id), "counting runs") >= max_running:
+    # a cheap early answer; the count that decides is atomic with the run's creation (a
+    # submit with an idempotency key may be the replay of a run in progress: not here)
+    keyed = async_runs.KEY_HEADER in request.headers
+    if (
+        not keyed
+        and await patiently(lambda: trigger.store.count_running(app.id), "counting runs")
+        >= max_running
+    ):
         raise _too_many_runs(max_running)
-    body = _parse_run_body(await read_json_object(request, trigger.max_request_bytes))
+    raw = await read_json_object(request, trigger.max_request_bytes)
+    body = _parse_run_body(raw)
+    submit = async_runs.read_submit(request, raw, body.response_mode)
+    if submit.callback_url is not None:
+        await callbacks.check_url(settings, submit.callback_url)
     if app.id not in trigger.driver.workflows:
         # an app's first run here parses its DSL (seconds for a large one): not on the loop
         await asyncio.to_thread(trigger.driver.workflows.get, app)
     run_id = str(uuid.uuid4())
-    streaming = body.response_mode == "streaming"
+    if submit.key is not None:
+        held = await async_runs.claim(trigger, app, submit, run_id)
+        if not held.created:
+            existing = await async_runs.existing_run(trigger, app, submit, held)
+            return await async_runs.replay(trigger, submit, existing)
+    streaming = submit.mode == "streaming"
     # bound before the run starts: its first events are published by this very request
-    watch = await trigger.events.watch(run_id, stream=streaming)
+    try:
+        watch = await trigger.events.watch(run_id, stream=streaming)
+    except BaseException:
+        await _release(trigger, app, submit, run_id)
+        raise
     try:
         outbox_ids = await start_run(
             trigger,
@@ -154,14 +178,23 @@ async def run_workflow(request: Request, app: AppDep, trigger: TriggerDep) -> An
         )
     except InputsInvalid as exc:
         watch.close()
+        await _release(trigger, app, submit, run_id)
         raise invalid_param(str(exc)) from None
     except AppBusy:
         watch.close()
+        await _release(trigger, app, submit, run_id)
         raise _too_many_runs(max_running) from None
     except BaseException:
         watch.close()
+        await _release(trigger, app, submit, run_id)
         raise
     await trigger.publish(run_id, outbox_ids)
+    if submit.mode == async_runs.ASYNC:
+        if submit.callback_url is not None:
+            callbacks.start(trigger, app, watch, submit.callback_url)
+        else:
+            watch.close()
+        return async_runs.accepted(run_id)
     if streaming:
         return StreamingResponse(
             _stream(trigger, watch, app),
@@ -183,6 +216,14 @@ async def _blocking(trigger: Trigger, watch: RunWatch, timeout_s: float) -> Asyn
         watch.close()
     body = payloads.blocking_response(await final_run(trigger, watch.run_id))
     yield json.dumps(jsonable_encoder(body), ensure_ascii=False).encode()
+
+
+async def _release(
+    trigger: Trigger, app: AppRecord, submit: async_runs.Submit, run_id: str
+) -> None:
+    """A run that did not start gives its idempotency key back."""
+    if submit.key is not None:
+        await trigger.store.idempotency.release(app.id, submit.key, run_id)
 
 
 async def _wait_finished(trigger: Trigger, watch: RunWatch, timeout_s: float) -> None:

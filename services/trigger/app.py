@@ -5,7 +5,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from fanflow_services.trigger import admin, api, app_info, chat, conversations, ops
+from fanflow_services.trigger import (
+    admin,
+    api,
+    app_info,
+    batches,
+    chat,
+    conversations,
+    ops,
+    redrive,
+)
 from fanflow_services.trigger.bodies import MAX_REQUEST_BYTES
 from fanflow_services.trigger.context import open_trigger
 from fanflow_services.trigger.errors import install_error_handlers
@@ -59,6 +68,8 @@ def create_app(settings: Settings, *, max_request_bytes: int = MAX_REQUEST_BYTES
     )
     install_error_handlers(app)
     app.include_router(api.router)
+    app.include_router(redrive.router)
+    app.include_router(batches.router)
     app.include_router(chat.router)
     app.include_router(conversations.router)
     app.include_router(app_info.router)

@@ -3,6 +3,7 @@ the one event subscription."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +33,8 @@ class Trigger:
     max_request_bytes: int
     #: parses and validates imported workflow files in a helper process
     imports: ImportChecker = field(default_factory=ImportChecker)
+    #: tasks that outlive their request (callbacks of async runs); cancelled at shutdown
+    background: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def publish(self, run_id: str, outbox_ids: Sequence[int]) -> None:
         """Relay what the run's transaction just committed. On a broker failure the rows
@@ -65,7 +68,7 @@ async def open_trigger(settings: Settings, *, max_request_bytes: int) -> AsyncIt
         imports = ImportChecker()
         imports.start()
         stack.callback(imports.close)
-        yield Trigger(
+        trigger = Trigger(
             settings=settings,
             store=store,
             broker=broker,
@@ -75,6 +78,16 @@ async def open_trigger(settings: Settings, *, max_request_bytes: int) -> AsyncIt
             max_request_bytes=max_request_bytes,
             imports=imports,
         )
+        stack.push_async_callback(_cancel_background, trigger)
+        yield trigger
+
+
+async def _cancel_background(trigger: Trigger) -> None:
+    tasks = list(trigger.background)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def get_trigger(request: Request) -> Trigger:

@@ -100,6 +100,8 @@ def run_detail(run: RunRecord) -> dict[str, Any]:
         "finished_at": _ts(run.finished_at),
         "elapsed_time": run.elapsed_time,
         "exceptions_count": run.exceptions_count,
+        # fanflow: how often the run was redriven from its failed nodes
+        "redrive_count": run.redrive_count,
     }
 
 

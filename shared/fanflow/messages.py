@@ -54,6 +54,8 @@ class NodeTask(_Message):
     timeout_s: float | None = None
     #: a node with conversation memory: its window of earlier turns, oldest first
     history: list[dict[str, str]] = []
+    #: the run's redrive count when dispatched: a stop of an earlier attempt spares it
+    generation: int = 0
 
     def lookup(self, selector: Sequence[str]) -> Any:
         """Resolve a selector from the values carried (KeyError when absent)."""

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from fanflow.executors import ExecutionContext, execute_with_timeout
@@ -18,6 +19,7 @@ from fanflow.kernel import MemoryItems, settle_items, start_run
 from fanflow.messages import NodeTask
 from fanflow.runtime import RunRequest, prepare_run
 from fanflow.scheduler import (
+    CancelTask,
     CancelTasks,
     Command,
     DispatchTask,
@@ -56,6 +58,10 @@ class RunResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "conversation"}
+
+
+def _forget(by_id: dict[str, asyncio.Task[None]], task_id: str, _: object) -> None:
+    by_id.pop(task_id, None)
 
 
 class EmbeddedRunner:
@@ -116,6 +122,7 @@ class EmbeddedRunner:
         events: asyncio.Queue[Event] = asyncio.Queue()
         items = MemoryItems()
         tasks: set[asyncio.Task[None]] = set()
+        by_id: dict[str, asyncio.Task[None]] = {}
         timers: list[asyncio.TimerHandle] = []
         loop = asyncio.get_running_loop()
         finished: RunFinished | None = None
@@ -133,6 +140,8 @@ class EmbeddedRunner:
                     handle = asyncio.create_task(run_task(command.task, command.delay_ms))
                     tasks.add(handle)
                     handle.add_done_callback(tasks.discard)
+                    by_id[command.task.task_id] = handle
+                    handle.add_done_callback(partial(_forget, by_id, command.task.task_id))
                 elif isinstance(command, StartTimer):
                     timers.append(
                         loop.call_later(
@@ -142,6 +151,10 @@ class EmbeddedRunner:
                 elif isinstance(command, CancelTasks):
                     for handle in tasks:
                         handle.cancel()
+                elif isinstance(command, CancelTask):  # a lost race's branches
+                    for task_id in command.task_ids:
+                        if (lost := by_id.get(task_id)) is not None:
+                            lost.cancel()
                 elif isinstance(command, Emit):
                     if self.on_event is not None:
                         self.on_event(command)

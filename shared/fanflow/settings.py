@@ -39,6 +39,16 @@ class Settings(BaseSettings):
     #: how long a blocking /workflows/run waits before answering with the run so far
     blocking_timeout_s: float = defaults.MAX_RUN_SECONDS
 
+    # ---- run lifecycle (services/trigger/async_runs.py, callbacks.py) ----
+    #: how long an `Idempotency-Key` stands for its run
+    idempotency_retention_s: float = Field(default=24 * 3600, gt=0)
+    #: HMAC-SHA256 key of async runs' callbacks (`X-Fanflow-Signature`); unset: no callbacks
+    callback_secret: str | None = None
+    callback_max_attempts: int = Field(default=5, ge=1)
+    #: wait before the 2nd try; doubles per try
+    callback_backoff_s: float = Field(default=1.0, ge=0)
+    callback_timeout_s: float = Field(default=10.0, gt=0)
+
     # ---- workflow imports (fanflow.dsl.limits): larger files and graphs → 400 / 413 ----
     dsl_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     dsl_max_nodes: int = Field(default=2_000, ge=1)

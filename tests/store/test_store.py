@@ -113,7 +113,7 @@ async def test_migrations_from_empty_match_the_schema(empty_database_url: str) -
     finally:
         await store.close()
     assert tables == {*metadata.tables, "alembic_version"}
-    assert version == "0003"
+    assert version == "0004"
     assert differences == []
 
 

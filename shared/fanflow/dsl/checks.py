@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fanflow.registry import node_type
+from fanflow.scheduler import tolerance
 from fanflow.workflow import Node
 
 #: the `check_*` functions are named by `fanflow.registry`
@@ -178,6 +179,7 @@ def check_iteration(data: Mapping[str, Any], problems: _Problems) -> None:
     _need_choice(data, "flatten_output", (True, False), problems)
     modes = ("terminated", "continue-on-error", "remove-abnormal-output")
     _need_choice(data, "error_handle_mode", modes, problems)
+    problems.extend(tolerance.problems(data))
 
 
 def check_loop(data: Mapping[str, Any], problems: _Problems) -> None:

@@ -13,6 +13,7 @@ from fanflow.dsl.checks import check_node_fields
 from fanflow.dsl.inputs import node_selectors
 from fanflow.errors import Problem
 from fanflow.registry import BODY_STARTS, SUPPORTED_NODE_TYPES
+from fanflow.scheduler import race
 from fanflow.variables import Selector, selector_key
 from fanflow.workflow import Node, Workflow
 
@@ -39,6 +40,7 @@ def validate_workflow(workflow: Workflow) -> list[Problem]:
             problems.append(_at(node, f"unsupported node type {node.type!r}"))
         else:
             problems.extend(_at(node, message) for message in check_node_fields(node))
+    problems.extend(_at(node, message) for node, message in race.problems(workflow))
     _check_starts(workflow, scopes, problems)
     predecessors = _check_edges(workflow, scopes, problems)
     _check_cycles(workflow, scopes, predecessors, problems)

@@ -21,6 +21,7 @@ from fanflow.metrics import NODE_RETRIES, RUN_DURATION, RUNS_FINISHED, RUNS_STAR
 from fanflow.registry import TASK_NODE_TYPES
 from fanflow.runtime import RunRequest, prepare_run
 from fanflow.scheduler import (
+    CancelTask,
     CancelTasks,
     Command,
     DispatchTask,
@@ -34,6 +35,7 @@ from fanflow.scheduler import (
     dump_state,
     load_state,
 )
+from fanflow.scheduler.redrive import REDRIVABLE, NotRedrivable
 from fanflow.store import AppRecord, OutboxMessage, RunTransaction, Store
 from fanflow.vocabulary import FINISHED_STATUSES, EventName, NodeStatus, OutboxKind
 from fanflow.workflow import Workflow
@@ -158,6 +160,20 @@ class RunDriver:
                 return Committed()
             return await self._finish_step(tx, scheduler, state, commands)
 
+    async def redrive(self, app: AppRecord, run_id: str) -> tuple[Committed, int]:
+        """Restart a failed or stopped run from its failed nodes, in one transaction
+        (`fanflow.scheduler.redrive`); what to publish, and the run's redrive count.
+        Raises `NotRedrivable` (and `RunNotFound`)."""
+        scheduler = Scheduler(self.workflows.get(app), limits=self.limits)
+        async with self.store.run_transaction(run_id) as tx:
+            if tx.status not in REDRIVABLE:
+                raise NotRedrivable(f"run {run_id} is {tx.status}: only failed or stopped runs")
+            state = load_state(tx.state())
+            done = {key: await tx.item_indexes(key) for key in scheduler.redrive_iterations(state)}
+            commands = scheduler.redrive(state, done)
+            count = await tx.mark_redriven()
+            return await self._finish_step(tx, scheduler, state, commands), count
+
     async def _finish_step(
         self,
         tx: RunTransaction,
@@ -198,8 +214,19 @@ class RunDriver:
                     OutboxMessage(
                         kind=KIND_CONTROL,
                         routing="",
-                        body=control_body(stop_run=command.run_id),
-                        message_id=f"stop:{command.run_id}",
+                        # a redriven run's workers forget the stop of its earlier attempt
+                        body=control_body(stop_run=command.run_id, generation=state.redrives),
+                        message_id=f"stop:{command.run_id}:{state.redrives}",
+                    )
+                )
+                durable.append(True)
+            elif isinstance(command, CancelTask):  # a lost race's branches
+                messages.append(
+                    OutboxMessage(
+                        kind=KIND_CONTROL,
+                        routing="",
+                        body=control_body(cancel_tasks=list(command.task_ids)),
+                        message_id=f"cancel:{command.task_ids[0]}",
                     )
                 )
                 durable.append(True)

@@ -46,8 +46,13 @@ class Worker:
     topology: Topology
     result_key: ResultKey | None = None
     duplicate_results: bool = False
-    _stopped: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False)
+    #: stopped run -> its redrive count then: tasks of a later redrive still run
+    _stopped: OrderedDict[str, int] = field(default_factory=OrderedDict, init=False)
     _running: dict[str, set[asyncio.Task[TaskResult]]] = field(default_factory=dict, init=False)
+    _generations: dict[asyncio.Task[TaskResult], int] = field(default_factory=dict, init=False)
+    #: tasks cancelled one by one (lost races), most recent last; and running ones by id
+    _cancelled: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False)
+    _by_task_id: dict[str, asyncio.Task[TaskResult]] = field(default_factory=dict, init=False)
 
     async def start(self, prefetch: Mapping[str, int]) -> asyncio.Task[None]:
         """Listen to stop broadcasts, then consume each class's queue with its prefetch;
@@ -61,36 +66,64 @@ class Worker:
     async def listen(self, control: AsyncIterator[dict[str, Any]]) -> None:
         async for message in control:
             run_id = message.get("stop_run")
+            generation = message.get("generation", 0)
             if isinstance(run_id, str):
-                self.stop_run(run_id)
+                self.stop_run(run_id, generation if isinstance(generation, int) else 0)
+            task_ids = message.get("cancel_tasks")
+            if isinstance(task_ids, list):
+                self.cancel_tasks([t for t in task_ids if isinstance(t, str)])
 
-    def stop_run(self, run_id: str) -> None:
-        """Drop the run's queued tasks from now on and cancel its running ones."""
-        self._stopped[run_id] = None
+    def cancel_tasks(self, task_ids: list[str]) -> None:
+        """Drop these tasks if queued, cancel them if running (a lost race)."""
+        for task_id in task_ids:
+            self._cancelled[task_id] = None
+            self._cancelled.move_to_end(task_id)
+            running = self._by_task_id.get(task_id)
+            if running is not None:
+                running.cancel()
+        while len(self._cancelled) > STOPPED_RUNS_REMEMBERED:
+            self._cancelled.popitem(last=False)
+
+    def stop_run(self, run_id: str, generation: int = 0) -> None:
+        """Drop the run's queued tasks from now on and cancel its running ones (of its
+        attempts up to redrive number `generation`)."""
+        self._stopped[run_id] = max(generation, self._stopped.get(run_id, 0))
+        self._stopped.move_to_end(run_id)
         while len(self._stopped) > STOPPED_RUNS_REMEMBERED:
             self._stopped.popitem(last=False)
         for running in list(self._running.get(run_id, ())):
-            running.cancel()
+            if self._generations.get(running, 0) <= self._stopped[run_id]:
+                running.cancel()
+
+    def _is_stopped(self, task: NodeTask) -> bool:
+        if task.task_id in self._cancelled:
+            return True
+        stopped = self._stopped.get(task.run_id)
+        return stopped is not None and task.generation <= stopped
 
     async def handle(self, body: bytes, headers: dict[str, Any], redelivered: bool) -> Disposition:
         task = NodeTask.decode(body)
-        if task.run_id in self._stopped:
+        if self._is_stopped(task):
             return Disposition.ACK  # the run is over; nobody waits for this result
         cls = self.topology.class_for(task.node_type)
         _observe_queue_wait(cls, headers)
         execution = asyncio.create_task(self.execute(task))
         self._running.setdefault(task.run_id, set()).add(execution)
+        self._generations[execution] = task.generation
+        self._by_task_id[task.task_id] = execution
         TASKS_IN_FLIGHT.labels(cls).inc()
         started = time.monotonic()
         try:
             result = await execution
         except asyncio.CancelledError:
-            if task.run_id in self._stopped:
+            if self._is_stopped(task):
                 log.info("task %s cancelled: run %s stopped", task.task_id, task.run_id)
                 return Disposition.ACK
             raise
         finally:
             TASKS_IN_FLIGHT.labels(cls).dec()
+            self._generations.pop(execution, None)
+            self._by_task_id.pop(task.task_id, None)
             running = self._running.get(task.run_id)
             if running is not None:
                 running.discard(execution)

@@ -1,6 +1,7 @@
 """The pure scheduler and its protocol."""
 
 from fanflow.scheduler.protocol import (
+    CancelTask,
     CancelTasks,
     CollectItems,
     Command,
@@ -20,6 +21,7 @@ from fanflow.scheduler.scheduler import Limits, Scheduler
 from fanflow.scheduler.state import RunState, dump_state, load_state
 
 __all__ = [
+    "CancelTask",
     "CancelTasks",
     "CollectItems",
     "Command",

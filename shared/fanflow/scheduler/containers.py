@@ -18,6 +18,7 @@ from fanflow.scheduler.state import (
     child_scope_key,
     frame_key,
 )
+from fanflow.scheduler.tolerance import tolerance_of
 from fanflow.variables import Lookup, resolve_or_none, walk_path
 from fanflow.vocabulary import EventName, NodeStatus
 from fanflow.workflow import Node
@@ -102,13 +103,25 @@ def _start_iteration(step: _Step, scope: Scope, node: Node) -> None:
         step.node_succeeded(scope, node, {"output": []})
         return
     frame = IterationFrame(scope=scope.key, node_id=node.id, count=len(items))
-    step.state.iterations[frame_key(scope.key, node.id)] = frame
+    key = frame_key(scope.key, node.id)
+    step.state.iterations[key] = frame
+    # a redrive: the items done before it are in the item store already
+    frame.skip = step.state.redrive_skip.pop(key, [])
     _fill_window(step, frame, node, items)
+    if not frame.active and frame.done >= frame.count and not frame.collecting:
+        frame.collecting = True
+        step.out.append(CollectItems(key, frame.count))
 
 
 def _fill_window(step: _Step, frame: IterationFrame, node: Node, items: Sequence[Any]) -> None:
     window = _window(node)
     while frame.failure is None and len(frame.active) < window and frame.next_index < frame.count:
+        if frame.skipped < len(frame.skip) and frame.skip[frame.skipped] <= frame.next_index:
+            if frame.skip[frame.skipped] == frame.next_index:
+                frame.next_index += 1
+                frame.done += 1
+            frame.skipped += 1
+            continue
         index = frame.next_index
         frame.next_index += 1
         frame.active.append(index)
@@ -140,6 +153,9 @@ def _close_item(step: _Step, scope: Scope, node: Node) -> None:
     elif mode == "remove-abnormal-output":
         state.exceptions_count += 1
         step.out.append(RecordItem(key, scope.index, None, removed=True))
+    elif frame.failure is None and _tolerated(frame, node, scope.index, scope.failure):
+        state.exceptions_count += 1
+        step.out.append(RecordItem(key, scope.index, None))
     elif frame.failure is None:
         frame.failure = scope.failure
     drop_scope(step, scope.key)
@@ -167,6 +183,26 @@ def _close_item(step: _Step, scope: Scope, node: Node) -> None:
         step.out.append(CollectItems(key, frame.count))
 
 
+def _tolerated(frame: IterationFrame, node: Node, index: int, failure: Failure) -> bool:
+    """Record a failed item within the iteration's `fanflow` tolerance; False once the
+    failures cross it (the frame's failure then says by how much)."""
+    tolerance = tolerance_of(node.data)
+    if tolerance is None:
+        return False
+    allowed = tolerance.allowed(frame.count)
+    failed = len(frame.tolerated) + 1
+    if failed <= allowed:
+        frame.tolerated.append({"index": index, "error": failure.error})
+        return True
+    frame.failure = Failure(
+        node.id,
+        f"{node.label()}: {failed} of {frame.count} items failed, more than the tolerated "
+        f"{allowed}; item {index}: {failure.error}",
+        "ToleratedFailuresExceeded",
+    )
+    return False
+
+
 def on_items_collected(step: _Step, event: ItemsCollected) -> None:
     state = step.state
     frame = state.iterations.get(event.iteration)
@@ -184,7 +220,10 @@ def on_items_collected(step: _Step, event: ItemsCollected) -> None:
     step.emit(
         EventName.ITERATION_COMPLETED, parent, node, status=NodeStatus.SUCCEEDED, count=frame.count
     )
-    step.node_succeeded(parent, node, {"output": outputs})
+    result: dict[str, Any] = {"output": outputs}
+    if tolerance_of(node.data) is not None:
+        result["failed_items"] = list(frame.tolerated)
+    step.node_succeeded(parent, node, result)
 
 
 def _flatten(outputs: list[Any]) -> list[Any]:

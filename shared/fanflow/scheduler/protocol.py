@@ -85,6 +85,14 @@ class CancelTasks:
 
 
 @dataclass(frozen=True)
+class CancelTask:
+    """Tell workers to drop these tasks of a run, queued or running (a lost race)."""
+
+    run_id: str
+    task_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Emit:
     """A progress event for streams and logs (Dify's SSE event names)."""
 
@@ -99,6 +107,15 @@ class RunFinished:
     error: str | None = None
 
 
-Command = DispatchTask | RecordItem | CollectItems | StartTimer | CancelTasks | Emit | RunFinished
+Command = (
+    DispatchTask
+    | RecordItem
+    | CollectItems
+    | StartTimer
+    | CancelTasks
+    | CancelTask
+    | Emit
+    | RunFinished
+)
 
 DEADLINE_TIMER = "deadline"

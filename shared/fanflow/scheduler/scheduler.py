@@ -16,7 +16,7 @@ from fanflow.chat.memory import latest, window_turns
 from fanflow.errors import NodeError
 from fanflow.messages import NodeTask, TaskResult, task_id_for
 from fanflow.registry import RETRYABLE_NODE_TYPES
-from fanflow.scheduler import containers, inline
+from fanflow.scheduler import containers, inline, race, redrive
 from fanflow.scheduler.lookup import ScopeLookup
 from fanflow.scheduler.protocol import (
     DEADLINE_TIMER,
@@ -102,6 +102,19 @@ class Scheduler:
         step.enter_scope("")
         step.settle()
         return state, step.out
+
+    def redrive(self, state: RunState, done_items: Mapping[str, Sequence[int]]) -> list[Command]:
+        """Restart a failed or stopped run in place from its failed nodes
+        (`fanflow.scheduler.redrive`); `done_items`: for each key `redrive_iterations`
+        names, the indexes of the items the item store holds. Raises `NotRedrivable`."""
+        step = _Step(self, state)
+        redrive.redrive(step, done_items)
+        step.settle()
+        return step.out
+
+    def redrive_iterations(self, state: RunState) -> list[str]:
+        """Item store keys whose recorded indexes `redrive` needs."""
+        return redrive.iterations_to_redrive(self.workflow, state)
 
     def step(self, state: RunState, event: Event) -> tuple[RunState, list[Command]]:
         """Apply one event. The given state is not modified; a new one is returned."""
@@ -201,6 +214,8 @@ class _Step:
         if not incoming:
             return None
         states = [scope.edges.get(edge.id) for edge in incoming]
+        if race.is_race(self.workflow.nodes[node_id]):
+            return race.readiness(states)
         if any(s is None for s in states):
             return None
         return any(s == TAKEN for s in states)
@@ -233,6 +248,8 @@ class _Step:
 
     def run_node(self, scope: Scope, node: Node) -> None:
         self.count_step()
+        if race.is_race(node):
+            race.cancel_losers(self, scope, node)
         scope.nodes[node.id] = NodeRecord(status=NODE_RUNNING)
         self.emit(EventName.NODE_STARTED, scope, node)
         if node.is_task:
@@ -262,7 +279,8 @@ class _Step:
             except KeyError:
                 continue
         task = NodeTask(
-            task_id=task_id_for(self.state.run_id, node.id, scope.key, attempt),
+            task_id=task_id_for(self.state.run_id, node.id, scope.key, attempt)
+            + redrive.task_suffix(self.state),
             run_id=self.state.run_id,
             node_id=node.id,
             node_type=node.type,
@@ -273,6 +291,7 @@ class _Step:
             variables=variables,
             timeout_s=self.scheduler.limits.task_timeout_s,
             history=latest(self.state.history, window_turns(node.type, memory)),
+            generation=self.state.redrives,
         )
         scope.nodes[node.id].attempt = attempt
         self.out.append(DispatchTask(task, delay_ms=delay_ms))
@@ -284,6 +303,8 @@ class _Step:
         record = scope.nodes.get(result.node_id)
         if record is None or record.status != NODE_RUNNING or record.attempt != result.attempt:
             return  # duplicate or stale delivery
+        if not result.task_id.endswith(redrive.task_suffix(self.state) or result.task_id):
+            return  # a result of the attempt before the run's last redrive
         node = self.workflow.nodes[result.node_id]
         self.state.total_tokens += result.total_tokens
         tokens = result.total_tokens

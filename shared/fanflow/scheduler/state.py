@@ -80,6 +80,12 @@ class IterationFrame:
     #: the last round's answer reaches the run's outputs (every round's text is streamed)
     answer: str | None = None
     answer_index: int = -1
+    #: items that failed within the iteration's `fanflow` tolerance: {index, error}
+    tolerated: list[dict[str, Any]] = field(default_factory=list)
+    #: a redrive: indexes (ascending) of items done before it, not run again; and how
+    #: many of them `next_index` passed
+    skip: list[int] = field(default_factory=list)
+    skipped: int = 0
 
 
 @dataclass
@@ -111,6 +117,10 @@ class RunState:
     steps: int = 0
     exceptions_count: int = 0
     total_tokens: int = 0
+    #: how often the run was redriven (`fanflow.scheduler.redrive`)
+    redrives: int = 0
+    #: a redrive's top-level iterations (item store keys) -> indexes of items done before
+    redrive_skip: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:

@@ -76,6 +76,8 @@ class RunRecord:
     elapsed_time: float | None
     version: int
     state: bytes | None = None
+    #: how often the run was redriven from its failed nodes
+    redrive_count: int = 0
 
 
 @dataclass(frozen=True)

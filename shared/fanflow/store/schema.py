@@ -77,6 +77,10 @@ runs = Table(
     Column("elapsed_time", Float, nullable=True),
     # bumped by every save: lets a reader tell whether a run moved on
     Column("version", Integer, nullable=False),
+    # how often `redrive` restarted the run from its failed nodes (migration 0004)
+    Column("redrive_count", Integer, nullable=False, server_default="0"),
+    # when the last redrive began: the run's deadline counts from it
+    Column("redriven_at", Float, nullable=True),
     Index("ix_runs_app_created", "app_id", "created_at"),
     Index("ix_runs_app_status", "app_id", "status"),
     # the aggregators' deadline sweep: running runs, oldest first
@@ -197,4 +201,57 @@ conversation_variables = Table(
     Column("value", JSON, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+# ---- run lifecycle: idempotent submits, callbacks of async runs ------------------------
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    # one run per (app, Idempotency-Key): the primary key makes two concurrent claims of
+    # the same key end with one winner, on PostgreSQL and on SQLite
+    Column("app_id", ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    # sha256 hex of the request body, canonical JSON: the same key with another body is 409
+    Column("body_hash", String(64), nullable=False),
+    # no foreign key: the key is claimed before its run's row exists
+    Column("run_id", String, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+callback_deliveries = Table(
+    "callback_deliveries",
+    metadata,
+    Column("id", _SERIAL, primary_key=True, autoincrement=True),
+    Column("run_id", ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("url", Text, nullable=False),
+    # 1, 2, ...: one row per try
+    Column("attempt", Integer, nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("delivered", Boolean, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("app_id", ForeignKey("apps.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("end_user", String, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+batch_rows = Table(
+    "batch_rows",
+    metadata,
+    Column("batch_id", ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("row_index", Integer, primary_key=True),
+    Column("inputs", JSON, nullable=False),
+    # pending, running, then the run's end status (or `invalid`: its inputs were refused)
+    Column("status", String(32), nullable=False),
+    Column("run_id", String, nullable=True),
+    Column("error", Text, nullable=True),
 )

@@ -19,7 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from fanflow.scheduler.state import RUNNING
 from fanflow.store._engine import make_engine, write_transaction
 from fanflow.store._statements import statements_for
+from fanflow.store.batches import Batches
 from fanflow.store.conversations import Conversations
+from fanflow.store.idempotency import IdempotencyKeys
 from fanflow.store.migrate import upgrade
 from fanflow.store.records import (
     AppBusy,
@@ -69,6 +71,7 @@ def _run(row: Row[Any]) -> RunRecord:
         elapsed_time=row.elapsed_time,
         version=row.version,
         state=None if state is None else bytes(state),
+        redrive_count=row._mapping.get("redrive_count") or 0,
     )
 
 
@@ -89,6 +92,10 @@ class Store:
         self.engine = engine
         #: chatflow conversations, their messages and variables
         self.conversations = Conversations(engine)
+        #: `Idempotency-Key` claims of submits, callback deliveries of async runs
+        self.idempotency = IdempotencyKeys(engine)
+        #: batch runs: one run per row of an uploaded file
+        self.batches = Batches(engine)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, **engine_options: Any) -> Store:
@@ -354,7 +361,10 @@ class Store:
         """Ids of runs still running that were created before `created_before` (deadlines)."""
         statement = (
             select(runs.c.id)
-            .where(runs.c.status == RUNNING, runs.c.created_at < created_before)
+            .where(
+                runs.c.status == RUNNING,
+                func.coalesce(runs.c.redriven_at, runs.c.created_at) < created_before,
+            )
             .order_by(runs.c.created_at)
             .limit(limit)
         )

@@ -12,12 +12,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fanflow.store._statements import SAVED_COLUMNS, Statements, statements_for
 from fanflow.store.chat_records import TurnEnd
 from fanflow.store.records import ItemLike, OutboxMessage, StoredItem, StoreError
+from fanflow.store.schema import iteration_items, runs
+from fanflow.vocabulary import RunStatus
+
+#: a run that ends so keeps its iteration items for a redrive
+_REDRIVABLE = frozenset({RunStatus.FAILED, RunStatus.STOPPED})
 
 
 def node_execution_id(run_id: str, scope: str, node_id: str) -> str:
@@ -111,12 +117,40 @@ class RunTransaction:
 
     async def forget_scratch(self) -> None:
         """Drop what only a running run needs: its stored iteration items and the ids of
-        the messages it processed (a finished run ignores late messages by its status)."""
-        self._items.clear()
+        the messages it processed (a finished run ignores late messages by its status).
+
+        A run saved failed or stopped keeps its items: a redrive does not run them again.
+        """
         self._new_seen.clear()
         params = {"run_id": self.run_id}
-        await self._conn.execute(self._sql.forget_items, params)
+        if self.status not in _REDRIVABLE:
+            self._items.clear()
+            await self._conn.execute(self._sql.forget_items, params)
         await self._conn.execute(self._sql.forget_seen, params)
+
+    async def item_indexes(self, iteration: str) -> list[int]:
+        """Indexes of the items recorded for `iteration` (stored or in this transaction),
+        ascending; they stay recorded."""
+        stored = await self._conn.execute(
+            select(iteration_items.c.item_index).where(
+                iteration_items.c.run_id == self.run_id, iteration_items.c.iteration == iteration
+            )
+        )
+        found = {row.item_index for row in stored}
+        found.update(index for key, index in self._items if key == iteration)
+        return sorted(found)
+
+    async def mark_redriven(self) -> int:
+        """Count a redrive of the run (its deadline restarts now); the new count."""
+        await self._conn.execute(
+            update(runs)
+            .where(runs.c.id == self.run_id)
+            .values(redrive_count=runs.c.redrive_count + 1, redriven_at=time.time())
+        )
+        count = await self._conn.scalar(
+            select(runs.c.redrive_count).where(runs.c.id == self.run_id)
+        )
+        return int(count or 0)
 
     async def save(
         self,
