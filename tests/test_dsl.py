@@ -500,8 +500,13 @@ def test_graph_and_file_sizes_are_refused_before_the_graph_is_built() -> None:
         load_workflow("big.yml", text="# " + "é" * 50_000, limits=limits)
     # a 100,000-node graph is refused while it is parsed: nothing is built
     started = time.perf_counter()
-    with pytest.raises(WorkflowInvalid, match="more than 250000 values"):
-        load_workflow("huge.yml", text=_graph(100_000, 0), limits=DslLimits(max_bytes=10**8))
+    # (a value budget of 25,000: parsing stops there, long before the document's end)
+    with pytest.raises(WorkflowInvalid, match="more than 25000 values"):
+        load_workflow(
+            "huge.yml",
+            text=_graph(100_000, 0),
+            limits=DslLimits(max_bytes=10**8, max_values=25_000),
+        )
     assert time.perf_counter() - started < 30
     # without limits (stored apps, `fanflow run`) only the YAML bounds apply
     with pytest.raises(WorkflowInvalid) as other:
