@@ -187,6 +187,8 @@ class Settings(BaseSettings):
 
     # ---- aggregator ----
     aggregator_batch_size: int = 50
+    #: how long a batch of results waits for more while the results queue still holds
+    #: ready messages; when it holds none the batch is applied at once
     aggregator_batch_wait_s: float = 0.05
     outbox_sweep_interval_s: float = 1.0
     deadline_sweep_interval_s: float = 5.0

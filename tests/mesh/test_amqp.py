@@ -459,3 +459,22 @@ async def test_a_batch_acked_at_once_is_not_redelivered(make_broker: MakeBroker)
     other = await make_broker(broker.topology, declare=False)
     await asyncio.sleep(0.2)
     assert await other.message_count(queue) == 0
+
+
+async def test_a_lone_delivery_is_not_held_for_the_batch_window(make_broker: MakeBroker) -> None:
+    # the queue holds nothing more ready (the passive declare says so): the batch of one
+    # goes at once, not after the 60 s window (which would outlast the 20 s bound)
+    broker = await make_broker()
+    got: list[list[Delivery]] = []
+    done = asyncio.Event()
+
+    async def handler(batch: list[Delivery]) -> Sequence[Disposition]:
+        got.append(batch)
+        done.set()
+        return [Disposition.ACK] * len(batch)
+
+    queue = broker.topology.results_queue
+    await broker.consume_batches(queue, handler, batch_size=50, max_wait_s=60.0)
+    await broker.publish_raw("", queue, b"lone", message_id="lone-1")
+    await asyncio.wait_for(done.wait(), 20)
+    assert [[d.body for d in batch] for batch in got] == [[b"lone"]]

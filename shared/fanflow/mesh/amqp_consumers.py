@@ -227,7 +227,11 @@ class BatchConsumer(Consumer):
     async def _loop(self) -> None:
         while (first := await self._buffer.get()) is not None:
             batch, ended = await take_batch(
-                self._buffer, first, batch_size=self.batch_size, max_wait_s=self.max_wait_s
+                self._buffer,
+                first,
+                batch_size=self.batch_size,
+                max_wait_s=self.max_wait_s,
+                more_ready=self._more_ready,
             )
             try:
                 deliveries = [_delivery(m) for m in batch]
@@ -237,6 +241,19 @@ class BatchConsumer(Consumer):
                 self._end(len(batch))
             if ended:
                 return
+
+    async def _more_ready(self) -> bool:
+        """Whether the queue holds ready messages not yet delivered to us (one passive
+        declare); when that cannot be told, True: the batch waits out its window."""
+        if self._channel is None or self._channel.is_closed:
+            return True
+        try:
+            channel = await self._channel.get_underlay_channel()
+            declared = await channel.queue_declare(self.queue_name, passive=True)
+        except (aiormq.exceptions.AMQPError, RuntimeError) as exc:
+            log.debug("could not count the ready messages of %s: %r", self.queue_name, exc)
+            return True
+        return bool(declared.message_count)
 
 
 class Subscription(ItemStream[T]):

@@ -185,7 +185,11 @@ class BatchMemoryConsumer(MemoryConsumer):
     async def _loop(self) -> None:
         while (first := await self._buffer.get()) is not None:
             batch, ended = await take_batch(
-                self._buffer, first, batch_size=self.batch_size, max_wait_s=self.max_wait_s
+                self._buffer,
+                first,
+                batch_size=self.batch_size,
+                max_wait_s=self.max_wait_s,
+                more_ready=self._more_ready,
             )
             deliveries = [message.delivery() for _, message in batch]
             dispositions = await handle_batch(self.handler, self.queue_name, deliveries)
@@ -193,6 +197,11 @@ class BatchMemoryConsumer(MemoryConsumer):
                 self.settle(tag, disposition)
             if ended:
                 return
+
+    async def _more_ready(self) -> bool:
+        """As AMQP's passive declare: whether the queue holds ready messages."""
+        queue = self.broker._queues.get(self.queue_name)
+        return queue is not None and bool(queue.ready)
 
 
 class MemorySubscription(ItemStream[T]):

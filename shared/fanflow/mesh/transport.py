@@ -175,17 +175,33 @@ async def handle_batch(
 
 
 async def take_batch(
-    buffer: asyncio.Queue[T | None], first: T, *, batch_size: int, max_wait_s: float
+    buffer: asyncio.Queue[T | None],
+    first: T,
+    *,
+    batch_size: int,
+    max_wait_s: float,
+    more_ready: Callable[[], Awaitable[bool]] | None = None,
 ) -> tuple[list[T], bool]:
     """`first`, everything already in `buffer`, and what else arrives within `max_wait_s`,
     up to `batch_size`; and whether the end marker (None) was met. With `max_wait_s` 0 a
-    lone message goes at once, while under load the batch fills from what queued up."""
+    lone message goes at once, while under load the batch fills from what queued up.
+
+    `more_ready` (the broker's answer to "does the queue hold more ready messages?") is
+    asked once when the buffer runs dry: when nothing more is ready the batch goes at once
+    instead of waiting out `max_wait_s` (a lone result is not held back by the window)."""
     loop = asyncio.get_running_loop()
     batch, deadline = [first], loop.time() + max_wait_s
+    asked = False
     while len(batch) < batch_size:
         try:
             item = buffer.get_nowait()
         except asyncio.QueueEmpty:
+            if more_ready is not None and not asked:
+                asked = True
+                if not await more_ready():
+                    # take what arrived during the question, then go
+                    deadline = loop.time()
+                continue
             remaining_s = deadline - loop.time()
             if remaining_s <= 0:
                 break
