@@ -55,8 +55,11 @@ def test_render_errors(template: str, variables: dict[str, Any], message: str) -
 
 def test_output_limit() -> None:
     assert len(render_template("{{ 'a' * n }}", {"n": MAX_OUTPUT_LENGTH})) == MAX_OUTPUT_LENGTH
-    with pytest.raises(NodeError, match="Output length exceeds 400000 characters"):
+    with pytest.raises(NodeError, match="'\\*' would make 400001 characters"):
         render_template("{{ 'a' * n }}", {"n": MAX_OUTPUT_LENGTH + 1})
+    # many small pieces: the output is counted while it is produced
+    with pytest.raises(NodeError, match="Output length exceeds 400000 characters"):
+        render_template("{% for i in range(n) %}{{ 'abcde' }}{% endfor %}", {"n": 80_001})
 
 
 def test_compiled_templates_are_cached() -> None:

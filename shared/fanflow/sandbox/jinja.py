@@ -1,0 +1,222 @@
+"""A Jinja2 environment whose renders are bounded in time, size and total allocation.
+
+Templates render in the scheduler's hosts (the trigger's and the aggregator's event loops),
+so a hostile template must fail its node in a fraction of a second without growing the
+process. `BoundedEnvironment` is Jinja2's `SandboxedEnvironment` (no attribute escapes)
+plus bounds enforced *before* anything large is built:
+
+- a deadline, checked on every loop iteration (each `{% for %}` iterable is wrapped at
+  parse time), every call, filter, intercepted operator and output chunk;
+- a size cap on every value an operator, call or filter makes (`*`, `**`, `+`, `%`, `~`,
+  `str.format`, the widening string methods and filters are checked from their arguments,
+  so `'a' * 300000000` is refused without allocating); a value's size counts characters of
+  strings and, for containers, slots plus their items' sizes, so `[s] * n` is as big as
+  the string it repeats;
+- an allocation budget: the sizes of all values made during one render, summed, so a loop
+  making fresh large strings is stopped long before it matters;
+- an output cap, counted while the output is produced.
+
+Every refusal raises `TemplateBoundExceeded`, whose message names the bound.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+from jinja2.sandbox import SandboxedEnvironment
+
+from fanflow.sandbox.jinja_checks import (
+    CURRENT,
+    FILTER_PRECHECKS,
+    Budget,
+    TemplateBoundExceeded,
+    TemplateLimits,
+    check_binop,
+    check_method,
+    check_str_format,
+    current_budget,
+    int_arg,
+    size_of,
+)
+
+__all__ = ["BoundedEnvironment", "TemplateBoundExceeded", "TemplateLimits", "render_bounded"]
+
+
+class BoundedEnvironment(SandboxedEnvironment):
+    """`SandboxedEnvironment` with `TemplateLimits` enforced while rendering."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%", "//"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(finalize=_finalize, **options)
+        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
+        self.filters[_LOOP_FILTER] = _budgeted_iter
+        self.filters[_CONCAT_FILTER] = _concat
+
+    def call_binop(self, context: jinja2.runtime.Context, op: str, left: Any, right: Any) -> Any:
+        budget = current_budget()
+        budget.tick()
+        check_binop(budget, op, left, right)
+        result = super().call_binop(context, op, left, right)
+        _admit_result(budget, result, f"'{op}'")
+        return result
+
+    def call(  # the double underscores keep jinja's own keyword arguments apart
+        __self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        budget = current_budget()
+        budget.tick()
+        check_method(budget, __obj, args)
+        result = super().call(__context, __obj, *args, **kwargs)
+        _admit_result(budget, result, f"{getattr(__obj, '__name__', 'call')}()")
+        target = getattr(__obj, "__self__", None)
+        if (
+            isinstance(target, list | set | dict | bytearray)
+            and len(target) > budget.limits.max_size
+        ):
+            size = len(target)
+            target.clear()
+            budget.admit(size, f"{getattr(__obj, '__name__', 'method')}()")
+        return result
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        template = value.__self__
+        is_map = value.__name__ == "format_map"
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            values = [*args, *kwargs.values()]
+            if is_map and args and isinstance(args[0], Mapping):
+                values = list(args[0].values())
+            check_str_format(current_budget(), template, values)
+            return wrapped(*args, **kwargs)
+
+        return checked
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            assert isinstance(loop.iter, nodes.Expr)
+            loop.iter = _filter_node(loop.iter, _LOOP_FILTER)
+        for concat in list(tree.find_all(nodes.Concat)):
+            replacement = _filter_node(nodes.List(concat.nodes), _CONCAT_FILTER)
+            _replace(tree, concat, replacement)
+        return tree
+
+
+_LOOP_FILTER = "fanflow_budgeted_loop"
+_CONCAT_FILTER = "fanflow_bounded_concat"
+
+
+def _filter_node(node: nodes.Expr, name: str) -> nodes.Filter:
+    return nodes.Filter(node, name, [], [], None, None, lineno=node.lineno)
+
+
+def _replace(tree: nodes.Node, old: nodes.Node, new: nodes.Node) -> None:
+    for parent in tree.find_all(nodes.Node):
+        for field, value in parent.iter_fields():
+            if value is old:
+                setattr(parent, field, new)
+            elif isinstance(value, list):
+                for index, item in enumerate(value):
+                    if item is old:
+                        value[index] = new
+
+
+def _admit_result(budget: Budget, result: Any, what: str) -> None:
+    if isinstance(result, str | bytes | bytearray | list | tuple | set | frozenset | dict):
+        budget.admit(size_of(result, budget.limits.max_size), what)
+
+
+@jinja2.pass_context
+def _budgeted_iter(context: jinja2.runtime.Context, iterable: Any) -> Iterator[Any]:
+    budget = current_budget()
+    for item in iterable:
+        budget.tick()
+        yield item
+
+
+@jinja2.pass_context
+def _concat(context: jinja2.runtime.Context, parts: list[Any]) -> str:
+    budget = current_budget()
+    budget.tick()
+    texts = [_checked_text(part) for part in parts]
+    budget.admit(sum(len(t) for t in texts), "'~'")
+    return "".join(texts)
+
+
+@jinja2.pass_context
+def _finalize(context: jinja2.runtime.Context, value: Any) -> Any:
+    """Checks a value before it is turned into output text."""
+    return _checked_text(value)
+
+
+def _checked_text(value: Any) -> str:
+    budget = current_budget()
+    budget.tick()
+    if isinstance(value, str):
+        return value
+    budget.admit(size_of(value, budget.limits.max_size), "output of a value")
+    return str(value)
+
+
+def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    precheck = FILTER_PRECHECKS.get(name)
+    # which leading arguments jinja passes (context, eval context or environment)
+    passed = jinja2.utils._PassArg.from_obj(function)
+
+    @functools.wraps(function)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        budget = current_budget()
+        budget.tick()
+        offset = 1 if passed is not None else 0
+        value, rest = args[offset], args[offset + 1 :]
+        for arg in (*rest, *kwargs.values()):
+            if int_arg(arg) > budget.limits.max_size:
+                budget.admit(int_arg(arg), f"filter {name!r} argument")
+        if precheck is not None:
+            precheck(budget, value, rest, kwargs)
+        result = function(*args, **kwargs)
+        if isinstance(result, Iterator | map | filter):
+            result = list(_bounded_items(budget, result, name))
+        _admit_result(budget, result, f"filter {name!r}")
+        return result
+
+    if passed is None:  # pass_context keeps jinja from folding constants at compile time
+        return jinja2.pass_context(lambda context, *a, **k: bounded(*a, **k))
+    return bounded
+
+
+def _bounded_items(budget: Budget, items: Iterator[Any], name: str) -> Iterator[Any]:
+    for count, item in enumerate(items, 1):
+        if count % 256 == 0:
+            budget.tick()
+        if count > budget.limits.max_size:
+            budget.admit(count, f"filter {name!r}")
+        yield item
+
+
+def render_bounded(
+    template: jinja2.Template, variables: Mapping[str, Any], limits: TemplateLimits
+) -> str:
+    """Render `template` under `limits`, counting the output as it is produced."""
+    budget = Budget(limits)
+    token = CURRENT.set(budget)
+    try:
+        parts: list[str] = []
+        size = 0
+        for chunk in template.generate(**variables):
+            size += len(chunk)
+            if size > limits.max_size:
+                raise TemplateBoundExceeded(f"Output length exceeds {limits.max_size} characters")
+            budget.tick()
+            parts.append(chunk)
+        return "".join(parts)
+    finally:
+        CURRENT.reset(token)
