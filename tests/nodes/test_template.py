@@ -271,3 +271,13 @@ async def test_healthz_of_a_trigger_answers_while_hostile_templates_render(
         assert elapsed < 2.0, outcomes
     assert len(timings) >= 3
     assert max(timings) < 1.5, [round(t * 1000) for t in timings]
+
+
+def test_limits_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fanflow.settings import Settings
+
+    monkeypatch.setenv("FANFLOW_TEMPLATE_RENDER_S", "0.25")
+    monkeypatch.setenv("FANFLOW_TEMPLATE_ALLOCATION_BUDGET", "1000000")
+    limits = Settings().template_limits()
+    assert limits == TemplateLimits(seconds=0.25, allocation_budget=1_000_000)
+    assert Settings.model_fields["template_render_s"].default == TemplateLimits().seconds
