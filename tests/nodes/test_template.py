@@ -173,6 +173,23 @@ S = "a" * 20_000
         ("{{ [1] | slice(100000000) | list }}", "filter 'slice' argument"),
         ("{% for i in range(100000) %}{% set x = s ~ i %}{% endfor %}", "allocation budget"),
         ("{% for i in range(100000) %}{{ s }}{% endfor %}", "Output length exceeds 400000"),
+        (
+            "{% set ns = namespace(s='a') %}{% for i in range(30) %}"
+            "{% set ns.s %}{{ ns.s }}{{ ns.s }}{% endset %}{% endfor %}",
+            "a captured block would make 524288",
+        ),
+        (  # captured output never reaches the output count: it is budgeted as written
+            "{% set x %}{% for i in range(100000) %}{{ s }}{% endfor %}{% endset %}",
+            "allocation budget",
+        ),
+        (
+            "{% filter upper %}{% for i in range(100000) %}{{ s }}{% endfor %}{% endfilter %}",
+            "allocation budget",
+        ),
+        (
+            "{% set x %}{% for i in range(100000) %}" + "L" * 20_000 + "{% endfor %}{% endset %}",
+            "allocation budget",
+        ),
         ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "recursion too deep"),
         ("{% for x in [1] recursive %}{{ loop([1, 1]) }}{% endfor %}", "recursion too deep"),
         (
@@ -197,6 +214,8 @@ def test_templates_within_the_bounds_still_render() -> None:
     assert len(big) == 300_000
     assert render_template("{{ xs | map('upper') | join(',') }}", {"xs": ["a", "b"]}) == "A,B"
     assert render_template("{% set xs = [] %}{{ xs.append(1) }}{{ xs }}", {}) == "None[1]"
+    captured = "{% set x %}ab{% endset %}{{ x }}|{% set y | upper | lower %}Ab{% endset %}{{ y }}|"
+    assert render_template(captured + "{% filter upper %}cd{% endfilter %}", {}) == "ab|ab|CD"
 
 
 def test_the_limits_are_configurable() -> None:

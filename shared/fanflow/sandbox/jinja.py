@@ -56,6 +56,7 @@ class BoundedEnvironment(SandboxedEnvironment):
         self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
         self.filters[_LOOP_FILTER] = _budgeted_iter
         self.filters[_CONCAT_FILTER] = _concat
+        self.filters[_BLOCK_FILTER] = _captured
 
     def call_binop(self, context: jinja2.runtime.Context, op: str, left: Any, right: Any) -> Any:
         budget = current_budget()
@@ -103,7 +104,14 @@ class BoundedEnvironment(SandboxedEnvironment):
         tree = super()._parse(source, name, filename)
         for loop in tree.find_all(nodes.For):
             assert isinstance(loop.iter, nodes.Expr)
+            # literal text of the body, written on every iteration (perhaps into a capture)
+            literal = sum(len(data.data) for data in loop.find_all(nodes.TemplateData))
             loop.iter = _filter_node(loop.iter, _LOOP_FILTER)
+            loop.iter.args.append(nodes.Const(literal, lineno=loop.lineno))
+        for assign in tree.find_all(nodes.AssignBlock):
+            _check_captured(assign)
+        for filtered in tree.find_all(nodes.FilterBlock):
+            _check_captured(filtered)
         for concat in list(tree.find_all(nodes.Concat)):
             replacement = _filter_node(nodes.List(concat.nodes), _CONCAT_FILTER)
             _replace(tree, concat, replacement)
@@ -112,6 +120,21 @@ class BoundedEnvironment(SandboxedEnvironment):
 
 _LOOP_FILTER = "fanflow_budgeted_loop"
 _CONCAT_FILTER = "fanflow_bounded_concat"
+_BLOCK_FILTER = "fanflow_bounded_block"
+
+
+def _check_captured(block: nodes.AssignBlock | nodes.FilterBlock) -> None:
+    """`{% set x %}...{% endset %}` and `{% filter %}` capture their body's output, which
+    the output count never sees: the captured text goes through `_BLOCK_FILTER` first."""
+    check = nodes.Filter(None, _BLOCK_FILTER, [], [], None, None, lineno=block.lineno)
+    innermost = block.filter
+    if innermost is None:
+        block.filter = check
+        return
+    while innermost.node is not None:
+        assert isinstance(innermost.node, nodes.Filter)
+        innermost = innermost.node
+    innermost.node = check
 
 
 def _filter_node(node: nodes.Expr, name: str) -> nodes.Filter:
@@ -135,10 +158,11 @@ def _admit_result(budget: Budget, result: Any, what: str) -> None:
 
 
 @jinja2.pass_context
-def _budgeted_iter(context: jinja2.runtime.Context, iterable: Any) -> Iterator[Any]:
+def _budgeted_iter(context: jinja2.runtime.Context, iterable: Any, literal: int) -> Iterator[Any]:
     budget = current_budget()
     for item in iterable:
         budget.tick()
+        budget.spend(literal)
         yield item
 
 
@@ -152,6 +176,14 @@ def _concat(context: jinja2.runtime.Context, parts: list[Any]) -> str:
 
 
 @jinja2.pass_context
+def _captured(context: jinja2.runtime.Context, text: Any) -> Any:
+    budget = current_budget()
+    budget.tick()
+    budget.admit(size_of(text, budget.limits.max_size), "a captured block")
+    return text
+
+
+@jinja2.pass_context
 def _finalize(context: jinja2.runtime.Context, value: Any) -> Any:
     """Checks a value before it is turned into output text."""
     return _checked_text(value)
@@ -161,6 +193,7 @@ def _checked_text(value: Any) -> str:
     budget = current_budget()
     budget.tick()
     if isinstance(value, str):
+        budget.spend(len(value))  # output text, perhaps kept by a `{% set %}` block
         return value
     budget.admit(size_of(value, budget.limits.max_size), "output of a value")
     return str(value)

@@ -56,6 +56,10 @@ class Budget:
                 f"template value size limit exceeded: {what} would make {size} "
                 f"characters or items (limit {self.limits.max_size})"
             )
+        self.spend(size)
+
+    def spend(self, size: int) -> None:
+        """Count `size` against the allocation budget (output text, captured or not)."""
         self.allocated += size
         if self.allocated > self.limits.allocation_budget:
             raise TemplateBoundExceeded(
