@@ -204,25 +204,35 @@ def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
     # which leading arguments jinja passes (context, eval context or environment)
     passed = jinja2.utils._PassArg.from_obj(function)
 
-    @functools.wraps(function)
-    def bounded(*args: Any, **kwargs: Any) -> Any:
+    def checked(function_args: tuple[Any, ...], value: Any, rest: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:  # fmt: skip
         budget = current_budget()
         budget.tick()
-        offset = 1 if passed is not None else 0
-        value, rest = args[offset], args[offset + 1 :]
-        for arg in (*rest, *kwargs.values()):
-            if int_arg(arg) > budget.limits.max_size:
-                budget.admit(int_arg(arg), f"filter {name!r} argument")
-        if precheck is not None:
+        if rest or kwargs:
+            for arg in (*rest, *kwargs.values()):
+                if int_arg(arg) > budget.limits.max_size:
+                    budget.admit(int_arg(arg), f"filter {name!r} argument")
+            if precheck is not None:
+                precheck(budget, value, rest, kwargs)
+        elif precheck is not None:
             precheck(budget, value, rest, kwargs)
-        result = function(*args, **kwargs)
+        result = function(*function_args, **kwargs)
         if isinstance(result, Iterator | map | filter):
             result = list(_bounded_items(budget, result, name))
         _admit_result(budget, result, f"filter {name!r}")
         return result
 
     if passed is None:  # pass_context keeps jinja from folding constants at compile time
-        return jinja2.pass_context(lambda context, *a, **k: bounded(*a, **k))
+
+        @jinja2.pass_context
+        def plain(context: jinja2.runtime.Context, value: Any, *rest: Any, **kwargs: Any) -> Any:
+            return checked((value, *rest), value, rest, kwargs)
+
+        return functools.update_wrapper(plain, function, assigned=("__name__", "__doc__"))
+
+    @functools.wraps(function)
+    def bounded(first: Any, value: Any, *rest: Any, **kwargs: Any) -> Any:
+        return checked((first, value, *rest), value, rest, kwargs)
+
     return bounded
 
 
