@@ -176,7 +176,7 @@ S = "a" * 20_000
         (
             "{% set ns = namespace(s='a') %}{% for i in range(30) %}"
             "{% set ns.s %}{{ ns.s }}{{ ns.s }}{% endset %}{% endfor %}",
-            "a captured block would make 524288",
+            "a captured block or slice would make 524288",
         ),
         (  # captured output never reaches the output count: it is budgeted as written
             "{% set x %}{% for i in range(100000) %}{{ s }}{% endfor %}{% endset %}",
@@ -188,6 +188,10 @@ S = "a" * 20_000
         ),
         (
             "{% set x %}{% for i in range(100000) %}" + "L" * 20_000 + "{% endfor %}{% endset %}",
+            "allocation budget",
+        ),
+        (  # slices are fresh copies: kept in a list they add up
+            "{% set xs = [] %}{% for i in range(20000) %}{{ xs.append(s[i % 2:]) }}{% endfor %}",
             "allocation budget",
         ),
         ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "recursion too deep"),

@@ -57,6 +57,7 @@ class BoundedEnvironment(SandboxedEnvironment):
         self.filters[_LOOP_FILTER] = _budgeted_iter
         self.filters[_CONCAT_FILTER] = _concat
         self.filters[_BLOCK_FILTER] = _captured
+        self.filters[_SLICE_FILTER] = _captured
 
     def call_binop(self, context: jinja2.runtime.Context, op: str, left: Any, right: Any) -> Any:
         budget = current_budget()
@@ -112,6 +113,9 @@ class BoundedEnvironment(SandboxedEnvironment):
             _check_captured(assign)
         for filtered in tree.find_all(nodes.FilterBlock):
             _check_captured(filtered)
+        for item in list(tree.find_all(nodes.Getitem)):
+            if isinstance(item.arg, nodes.Slice):  # a slice is a fresh copy
+                _replace(tree, item, _filter_node(item, _SLICE_FILTER))
         for concat in list(tree.find_all(nodes.Concat)):
             replacement = _filter_node(nodes.List(concat.nodes), _CONCAT_FILTER)
             _replace(tree, concat, replacement)
@@ -121,6 +125,7 @@ class BoundedEnvironment(SandboxedEnvironment):
 _LOOP_FILTER = "fanflow_budgeted_loop"
 _CONCAT_FILTER = "fanflow_bounded_concat"
 _BLOCK_FILTER = "fanflow_bounded_block"
+_SLICE_FILTER = "fanflow_bounded_slice"
 
 
 def _check_captured(block: nodes.AssignBlock | nodes.FilterBlock) -> None:
@@ -142,14 +147,18 @@ def _filter_node(node: nodes.Expr, name: str) -> nodes.Filter:
 
 
 def _replace(tree: nodes.Node, old: nodes.Node, new: nodes.Node) -> None:
-    for parent in tree.find_all(nodes.Node):
+    """Put `new` where `old` is (`new` may hold `old`: parents are found before any change)."""
+    parents = [parent for parent in tree.find_all(nodes.Node) if parent is not new]
+    for parent in [tree, *parents]:
         for field, value in parent.iter_fields():
             if value is old:
                 setattr(parent, field, new)
-            elif isinstance(value, list):
+                return
+            if isinstance(value, list):
                 for index, item in enumerate(value):
                     if item is old:
                         value[index] = new
+                        return
 
 
 def _admit_result(budget: Budget, result: Any, what: str) -> None:
@@ -179,7 +188,7 @@ def _concat(context: jinja2.runtime.Context, parts: list[Any]) -> str:
 def _captured(context: jinja2.runtime.Context, text: Any) -> Any:
     budget = current_budget()
     budget.tick()
-    budget.admit(size_of(text, budget.limits.max_size), "a captured block")
+    budget.admit(size_of(text, budget.limits.max_size), "a captured block or slice")
     return text
 
 
