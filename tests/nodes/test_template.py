@@ -194,6 +194,15 @@ S = "a" * 20_000
             "{% set xs = [] %}{% for i in range(20000) %}{{ xs.append(s[i % 2:]) }}{% endfor %}",
             "allocation budget",
         ),
+        (  # values made by unchecked filters count where they are kept
+            "{% set xs = [] %}{% for i in range(20000) %}{{ xs.append(s|upper) }}{% endfor %}",
+            "allocation budget",
+        ),
+        (
+            "{% set xs = [] %}{% for i in range(20000) %}"
+            "{{ xs.append(namespace(v=s|lower)) }}{% endfor %}",
+            "allocation budget",
+        ),
         ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "recursion too deep"),
         ("{% for x in [1] recursive %}{{ loop([1, 1]) }}{% endfor %}", "recursion too deep"),
         (

@@ -53,7 +53,10 @@ class BoundedEnvironment(SandboxedEnvironment):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(finalize=_finalize, **options)
-        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
+        self.filters = {
+            name: f if name in _LINEAR_FILTERS else _bounded_filter(name, f)
+            for name, f in self.filters.items()
+        }
         self.filters[_LOOP_FILTER] = _budgeted_iter
         self.filters[_CONCAT_FILTER] = _concat
         self.filters[_BLOCK_FILTER] = _captured
@@ -122,6 +125,14 @@ class BoundedEnvironment(SandboxedEnvironment):
         return tree
 
 
+#: filters whose result is at most about as big as their input, or one of its items: left
+#: unwrapped (they cost nothing extra); what they make counts where it is kept (`+`, `*`,
+#: `~`, output, a container's append/insert/add/setdefault/extend/update)
+_LINEAR_FILTERS = frozenset(
+    {"upper", "lower", "title", "capitalize", "trim", "striptags", "truncate", "length",
+     "count", "wordcount", "first", "last", "default", "d", "int", "float", "abs", "round",
+     "random", "min", "max", "safe"}
+)  # fmt: skip
 _LOOP_FILTER = "fanflow_budgeted_loop"
 _CONCAT_FILTER = "fanflow_bounded_concat"
 _BLOCK_FILTER = "fanflow_bounded_block"

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2.utils import Namespace
+
 Args = tuple[Any, ...]
 Kwargs = Mapping[str, Any]
 
@@ -103,6 +105,8 @@ def size_of(value: Any, limit: int) -> int:
         return total
     if isinstance(value, int) and not isinstance(value, bool):
         return value.bit_length() // 3  # about its decimal digits
+    if isinstance(value, Namespace):  # `namespace(...)`: the values it holds
+        return 1 + size_of(dict(value._Namespace__attrs), limit)
     return 1
 
 
@@ -201,8 +205,15 @@ def check_method(budget: Budget, obj: Any, args: tuple[Any, ...]) -> None:
         and name in ("extend", "update")
         and args
         and hasattr(args[0], "__len__")
-    ):  # new slots only: the items exist already
+    ):
         budget.admit(len(target) + len(args[0]), f"{name}()")
+    if isinstance(target, list | set | dict | bytearray) and name in _KEEPERS:
+        # what a container keeps is counted: a value made by an unchecked filter is kept here
+        budget.spend(sum(size_of(arg, limit) for arg in args))
+
+
+#: container methods that keep their arguments
+_KEEPERS = frozenset({"append", "insert", "add", "setdefault", "extend", "update"})
 
 
 def _replaced_size(target: Any, old: Any, new: Any, rest: tuple[Any, ...]) -> int:
