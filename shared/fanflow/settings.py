@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from fanflow.dsl.limits import DslLimits
     from fanflow.mesh.signing import ResultKey
     from fanflow.mesh.topology import Topology
+    from fanflow.sandbox.jinja import TemplateLimits
     from fanflow.scheduler import Limits
 
 
@@ -71,6 +72,13 @@ class Settings(BaseSettings):
     worker_prefetch_http: int | None = Field(default=None, ge=1)
     worker_prefetch_code: int | None = Field(default=None, ge=1)
     worker_prefetch_tool: int | None = Field(default=None, ge=1)
+
+    # ---- template rendering bounds (fanflow.sandbox.jinja; applied with
+    # fanflow.nodes.template.configure_limits(settings.template_limits())) ----
+    #: seconds one template render may take (it runs on the host's event loop)
+    template_render_s: float = Field(default=0.5, gt=0)
+    #: characters (or items) all values made during one render may total
+    template_allocation_budget: int = Field(default=8_000_000, ge=1)
 
     # ---- code sandbox (fanflow.sandbox.process, fanflow.sandbox.pool) ----
     #: `namespaces`: user code runs isolated (bubblewrap); without namespaces code tasks
@@ -263,6 +271,14 @@ class Settings(BaseSettings):
             max_steps=self.max_steps,
             max_run_seconds=self.max_run_seconds,
             task_timeout_s=self.task_timeout_s,
+        )
+
+    def template_limits(self) -> TemplateLimits:
+        """The bounds of one template render (output size stays Dify's 400 000)."""
+        from fanflow.sandbox.jinja import TemplateLimits
+
+        return TemplateLimits(
+            seconds=self.template_render_s, allocation_budget=self.template_allocation_budget
         )
 
     @field_validator("http_allow_list", mode="before")

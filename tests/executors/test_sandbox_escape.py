@@ -48,9 +48,9 @@ async def test_the_broker_and_the_database_are_unreachable(sandbox: SandboxPool,
     code = (
         "import socket\n"
         "def main(port):\n"
-        "    s = socket.socket()\n"
-        "    s.settimeout(2)\n"
-        "    try:\n"
+        "    try:\n"  # seccomp refuses the socket itself; the empty netns any connect
+        "        s = socket.socket()\n"
+        "        s.settimeout(2)\n"
         "        s.connect(('127.0.0.1', port))\n"
         "        return {'connected': True}\n"
         "    except OSError as exc:\n"
@@ -58,10 +58,16 @@ async def test_the_broker_and_the_database_are_unreachable(sandbox: SandboxPool,
     )
     result = await run(sandbox, code, port=port)
     assert result["connected"] is False
-    interfaces = await run(
-        sandbox, "import socket\ndef main():\n    return {'ifs': socket.if_nameindex()}\n"
+    probe = (
+        "import socket\n"
+        "def main():\n"
+        "    try:\n"
+        "        return {'ifs': [name for _, name in socket.if_nameindex()]}\n"
+        "    except OSError as exc:\n"  # its netlink socket is refused by seccomp
+        "        return {'errno': exc.errno}\n"
     )
-    assert [name for _, name in interfaces["ifs"]] in ([], ["lo"])  # no route out
+    interfaces = await run(sandbox, probe)
+    assert interfaces in ({"ifs": []}, {"ifs": ["lo"]}, {"errno": 1})  # no route out
 
 
 async def test_secrets_the_store_and_the_repository_are_not_visible(
@@ -282,3 +288,74 @@ def test_a_tampered_path_cache_binds_nothing_more(
     cache.write_text(json.dumps({**record, "paths": [*record["paths"], "/etc/shadow"]}))
     again = isolation._readonly_paths.__wrapped__()
     assert "/etc/shadow" not in again and again == scanned
+
+
+SECCOMP_PROBE = """
+import ctypes, os, platform, socket
+NUMBERS = {
+    "x86_64": {"kexec_load": 246, "bpf": 321, "keyctl": 250, "add_key": 248,
+               "perf_event_open": 298, "process_vm_readv": 310, "process_vm_writev": 311,
+               "setns": 308, "umount2": 166, "io_uring_setup": 425},
+    "aarch64": {"kexec_load": 104, "bpf": 280, "keyctl": 219, "add_key": 217,
+                "perf_event_open": 241, "process_vm_readv": 270, "process_vm_writev": 271,
+                "setns": 268, "umount2": 39, "io_uring_setup": 425},
+}[platform.machine()]
+def main():
+    libc = ctypes.CDLL(None, use_errno=True)
+    def errno_of(result):
+        return 0 if result == 0 else ctypes.get_errno()
+    found = {
+        "ptrace": errno_of(libc.ptrace(0, 0, 0, 0)),  # PTRACE_TRACEME: allowed to anyone
+        "mount": errno_of(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
+        "unshare": errno_of(libc.unshare(0x10000000)),
+    }
+    for name, number in NUMBERS.items():
+        found[name] = errno_of(libc.syscall(number, 0, 0, 0, 0, 0, 0))
+    for family, name in ((socket.AF_INET, "inet"), (socket.AF_INET6, "inet6"),
+                         (socket.AF_NETLINK, "netlink"), (socket.AF_PACKET, "packet")):
+        try:
+            socket.socket(family, socket.SOCK_DGRAM if family != socket.AF_PACKET else socket.SOCK_RAW).close()
+            found["socket_" + name] = 0
+        except OSError as exc:
+            found["socket_" + name] = exc.errno
+    left, right = socket.socketpair(socket.AF_UNIX)
+    left.send(b"x")
+    status = open("/proc/self/status").read()
+    mode = [line.split()[1] for line in status.splitlines() if line.startswith("Seccomp:")]
+    pid = os.fork()  # plain fork (clone without namespace flags) still works
+    if pid == 0:
+        os._exit(7)
+    _, code = os.waitpid(pid, 0)
+    return {"errors": found, "unix": right.recv(1).decode(), "seccomp": mode,
+            "fork": os.waitstatus_to_exitcode(code), "sum": sum(range(10))}
+"""
+
+
+async def test_seccomp_denies_what_user_code_never_needs(sandbox: SandboxPool) -> None:
+    import errno
+
+    result = await run(sandbox, SECCOMP_PROBE)
+    assert result["seccomp"] == ["2"]  # a filter is installed
+    denied = {name: code for name, code in result["errors"].items() if code != errno.EPERM}
+    assert denied == {}, f"not refused with EPERM: {denied}"
+    assert len(result["errors"]) == 17
+    assert (result["unix"], result["fork"], result["sum"]) == ("x", 7, 45)
+
+
+async def test_seccomp_refuses_a_namespace_through_clone(sandbox: SandboxPool) -> None:
+    code = (
+        "import ctypes, ctypes.util\n"
+        "def main():\n"
+        "    libc = ctypes.CDLL(None, use_errno=True)\n"
+        "    # clone(CLONE_NEWUSER | SIGCHLD) through the raw syscall (x86_64: 56)\n"
+        "    result = libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)\n"
+        "    if result == 0:\n"
+        "        libc._exit(0)\n"
+        "    return {'result': result, 'errno': ctypes.get_errno()}\n"
+    )
+    import errno
+    import platform
+
+    assert platform.machine() == "x86_64", "the raw clone number below is x86_64's"
+    result = await run(sandbox, code)
+    assert result == {"result": -1, "errno": errno.EPERM}

@@ -33,6 +33,10 @@ _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAPBSET_DROP = 24
 _PR_SET_CHILD_SUBREAPER = 36
 _CLONE_NEWUSER = 0x10000000
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+#: the BPF program run children install before user code (`fanflow.sandbox.seccomp`)
+_SECCOMP_PROGRAM = b""
 
 
 def _libc() -> ctypes.CDLL:  # pragma: no cover - runs in the sandbox
@@ -78,6 +82,23 @@ def _drop_privileges(libc: ctypes.CDLL) -> None:  # pragma: no cover - runs in t
     libc.capset(header, (ctypes.c_uint32 * 6)())  # no effective/permitted/inheritable
 
 
+def _install_seccomp(program: bytes) -> None:  # pragma: no cover - runs in the sandbox
+    """Install a BPF seccomp filter (8-byte instructions) on this process and its children."""
+    import ctypes
+
+    class _Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+    libc = _libc()
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: errno {ctypes.get_errno()}")
+    buffer = ctypes.create_string_buffer(program, len(program))
+    prog = _Program(len(program) // 8, ctypes.cast(buffer, ctypes.c_char_p))
+    address = ctypes.addressof(prog)
+    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, address, 0, 0) != 0:
+        raise OSError(f"installing the seccomp filter failed: errno {ctypes.get_errno()}")
+
+
 def _serve(config: dict[str, Any]) -> None:  # pragma: no cover - runs in the sandbox
     """The zygote: one call at a time, each in a fresh forked child; then nothing survives.
 
@@ -86,6 +107,8 @@ def _serve(config: dict[str, Any]) -> None:  # pragma: no cover - runs in the sa
     or `kill` while a call runs; the zygote answers each call with
     `{"status": wait status, "timed_out": bool}` once every process of the call is gone.
     """
+    global _SECCOMP_PROGRAM
+    _SECCOMP_PROGRAM = bytes.fromhex(config.get("seccomp", ""))
     sock = socket.socket(fileno=config["fd"])
     os.environ.pop("PWD", None)  # bubblewrap's --chdir sets it; the environment is ours
     if config.get("uid") is not None:
@@ -241,6 +264,8 @@ def _run_call(request: dict[str, Any], result_fd: int, isolated: bool) -> None: 
         limit(resource.RLIMIT_CPU, request["cpu_s"], hard_extra=1)  # soft: SIGXCPU
     with contextlib.suppress(OSError, AttributeError):  # where this fails the limits hold
         _drop_privileges(_libc())
+    if _SECCOMP_PROGRAM:
+        _install_seccomp(_SECCOMP_PROGRAM)  # no user code runs without it
 
     code: str = request["code"]
     lines = code.splitlines()

@@ -26,7 +26,7 @@ from itertools import count
 from typing import Any, Literal
 
 from fanflow.errors import NodeError
-from fanflow.sandbox import isolation
+from fanflow.sandbox import isolation, seccomp
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +164,13 @@ class _Zygote:
         pool = self.pool
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         namespaced = pool.mode == "namespaces"
-        config = {"fd": theirs.fileno()}
+        config: dict[str, object] = {"fd": theirs.fileno()}
         preexec = None
         try:
             if namespaced:
                 if os.geteuid() == 0:
                     config["uid"] = isolation.SANDBOX_UID
+                config["seccomp"] = seccomp.filter_program().hex()
                 command = isolation.bwrap_command(
                     json.dumps(config), _child_source(), tmp_mb=pool.tmp_mb
                 )
