@@ -245,9 +245,14 @@ def validate(
 
 
 def _settings() -> Settings:
+    """The process's settings, built once at its entry point; the template bounds (a
+    process-wide setting of the renderer) are applied here too."""
+    from fanflow.nodes.template import configure_limits
     from fanflow.settings import Settings
 
-    return Settings()
+    settings = Settings()
+    configure_limits(settings.template_limits())
+    return settings
 
 
 @app.command()
