@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from fanflow.dsl.limits import DslLimits
     from fanflow.mesh.signing import ResultKey
     from fanflow.mesh.topology import Topology
-    from fanflow.sandbox.jinja import TemplateLimits
     from fanflow.scheduler import Limits
+    from fanflow.templating.environment import TemplateLimits
 
 
 class Settings(BaseSettings):
@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     worker_prefetch_code: int | None = Field(default=None, ge=1)
     worker_prefetch_tool: int | None = Field(default=None, ge=1)
 
-    # ---- template rendering bounds (fanflow.sandbox.jinja; applied with
+    # ---- template rendering bounds (fanflow.templating.environment; applied with
     # fanflow.nodes.template.configure_limits(settings.template_limits())) ----
     #: seconds one template render may take (it runs on the host's event loop)
     template_render_s: float = Field(default=0.5, gt=0)
@@ -275,7 +275,7 @@ class Settings(BaseSettings):
 
     def template_limits(self) -> TemplateLimits:
         """The bounds of one template render (output size stays Dify's 400 000)."""
-        from fanflow.sandbox.jinja import TemplateLimits
+        from fanflow.templating.environment import TemplateLimits
 
         return TemplateLimits(
             seconds=self.template_render_s, allocation_budget=self.template_allocation_budget

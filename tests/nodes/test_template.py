@@ -14,7 +14,7 @@ import pytest
 from fanflow.errors import NodeError
 from fanflow.nodes import render_template, template_variables
 from fanflow.nodes.template import MAX_OUTPUT_LENGTH
-from fanflow.sandbox.jinja import TemplateLimits
+from fanflow.templating.environment import TemplateLimits
 from tests.trigger.conftest import StartServer, bearer, start_server
 
 from .conftest import make_lookup

@@ -4,7 +4,7 @@ Dify renders with a plain `jinja2.Template` inside its code sandbox: an undefine
 renders empty, no autoescape, a final newline dropped. fanflow uses Jinja2's
 `SandboxedEnvironment` with the same settings, so unsafe attribute access fails the node
 instead of reaching Python internals, and bounds every render in time, value sizes,
-total allocation and output (`fanflow.sandbox.jinja`): templates render inline in the
+total allocation and output (`fanflow.templating.environment`): templates render inline in the
 scheduler's hosts, so a hostile one fails its node in well under a second instead of
 stalling the event loop or growing the process.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 
 from fanflow.errors import NodeError
-from fanflow.sandbox.jinja import (
+from fanflow.templating.environment import (
     BoundedEnvironment,
     TemplateBoundExceeded,
     TemplateLimits,

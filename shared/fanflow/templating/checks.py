@@ -1,6 +1,6 @@
 """The bounds of a template render: the budget, value sizes and the pre-checks of operations.
 
-`fanflow.sandbox.jinja` calls these before an operator, call or filter runs, so an
+`fanflow.templating.environment` calls these before an operator, call or filter runs, so an
 operation that would build something over `TemplateLimits.max_size` is refused from its
 arguments alone, without allocating.
 """

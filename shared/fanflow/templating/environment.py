@@ -29,7 +29,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from fanflow.sandbox.jinja_checks import (
+from fanflow.templating.checks import (
     CURRENT,
     FILTER_PRECHECKS,
     Budget,
