@@ -26,12 +26,16 @@ pytestmark = pytest.mark.timeout(90)
 FANOUT = E2E_DATA / "llm_fanout.yml"
 
 
+@pytest.mark.timeout(240)
 async def test_default_breaker_does_not_defeat_node_retries(mocks: Mocks) -> None:
+    # 20 % of answers fail, spread over 150 concurrent calls: the node's retries carry the
+    # run and the default breaker (opens at >= 50 % of 20+ calls) stays closed. (At 40 % it
+    # opened in some runs, by the order in which the first calls finished.)
     mock = mocks.start(
-        "--error-rate", "0.3", "--rate-limit-rate", "0.1", "--retry-after-s", "0.2", "--seed", "7"
+        "--error-rate", "0.15", "--rate-limit-rate", "0.05", "--retry-after-s", "0.2", "--seed", "7"
     )
     runner = EmbeddedRunner(
-        limits=Limits(max_run_seconds=60),
+        limits=Limits(max_run_seconds=200),
         context=context_from_settings(Settings(llm_base_url=mock.url)),  # default breaker
     )
     result = await runner.async_run(load_workflow(FANOUT), RunRequest(inputs={"n": 150}))
