@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from fanflow.mesh.amqp import Disposition
+from fanflow.mesh.signing import ResultKey
 from fanflow.messages import NodeTask
 from tests.faults.conftest import MakeMesh
 from tests.faults.matrix import ITEMS, check_exact, start_workload
@@ -38,14 +39,17 @@ async def test_a_dead_result_is_applied_once_the_database_is_back(
     assert {t.node_id for t in tasks} == {"make"}
     # their results go straight to dead.results, while the database is away
     await asyncio.to_thread(postgres.stop, "immediate")
+    key = ResultKey(cluster.result_key)  # signed as the deployment's workers sign
     try:
         for task in tasks:
             result = task.result(status="succeeded", outputs={"items": list(range(ITEMS))})
+            body = result.encode()
             await broker.publish_raw(
                 "",
                 topology.dead_results_queue,
-                result.encode(),
+                body,
                 message_id=topology.result_message_id(task.task_id),
+                headers=key.headers(body),
             )
         await asyncio.sleep(3)
     finally:
